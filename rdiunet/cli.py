@@ -3,7 +3,9 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from rdiunet.data import sources
 from rdiunet.errors import UserError
 
 
@@ -31,6 +33,39 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{name:<10} {params:>12,} {g128:>11.2f} {g256:>11.2f}")
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    source = sources.get(args.dataset)
+    for path in source.download(Path(args.out), tuple(args.mirror), args.official_splits):
+        print(path)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from rdiunet.data.synthetic import synthesize
+
+    options = {"official_splits": True} if args.official_splits else {}
+    if args.official_splits and args.dataset != "isic":
+        raise UserError("--official-splits applies to isic only")
+    for path in synthesize(args.dataset, Path(args.out), args.n, args.seed, **options):
+        print(path)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from rdiunet.data.prepare import parse_fractions, prepare
+
+    summary = prepare(
+        args.dataset,
+        Path(args.raw),
+        Path(args.out),
+        size=args.size,
+        fractions=parse_fractions(args.split),
+        seed=args.seed,
+        keep_empty=args.keep_empty,
+        workers=args.workers,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    print(f"{args.out}: {summary['images']} images ({counts}), {summary['image_size'][0]} px")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="rdiunet", description=__doc__)
     verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -38,6 +73,62 @@ def parser() -> argparse.ArgumentParser:
     info = verbs.add_parser("info", help="parameters and FLOPs of every registered model")
     info.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     info.set_defaults(run=cmd_info)
+
+    datasets = sources.NAMES
+    download = verbs.add_parser("download", help="fetch a dataset's archives (verified, resumable)")
+    download.add_argument("--dataset", required=True, choices=datasets)
+    download.add_argument("--out", required=True, help="folder for the archives, e.g. data/raw/isic")
+    download.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="base URL tried before the official hosts (repeatable), e.g. an institutional mirror",
+    )
+    download.add_argument(
+        "--official-splits",
+        action="store_true",
+        help="isic: also fetch the official validation and test sets",
+    )
+    download.set_defaults(run=cmd_download)
+
+    synth = verbs.add_parser("synth", help="write a synthetic stand-in in the source's raw format")
+    synth.add_argument("--dataset", required=True, choices=datasets)
+    synth.add_argument("--out", required=True, help="folder for the archives, e.g. data/raw/isic")
+    synth.add_argument("--n", type=int, default=None, help="number of images (default per dataset)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--official-splits", action="store_true", help="isic: also write validation and test sets"
+    )
+    synth.set_defaults(run=cmd_synth)
+
+    prep = verbs.add_parser("prepare", help="raw archives -> images/masks/splits in one .npz")
+    prep.add_argument("--dataset", required=True, choices=datasets)
+    prep.add_argument("--raw", required=True, help="folder holding the downloaded or synthetic archives")
+    prep.add_argument("--out", required=True, help="output .npz; a .json summary is written beside it")
+    prep.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="side in pixels (paper: nerve 128, jsrt 256, isic 128)",
+    )
+    prep.add_argument(
+        "--split",
+        default="0.8,0.1,0.1",
+        help="train,val,test fractions for the parts a source has no official split for; "
+        "split by subject for nerve",
+    )
+    prep.add_argument("--seed", type=int, default=0, help="seed of the split")
+    prep.add_argument(
+        "--keep-empty",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep images whose mask is empty (default: drop for nerve, keep otherwise)",
+    )
+    prep.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: cores, at most 4)"
+    )
+    prep.set_defaults(run=cmd_prepare)
     return top
 
 

@@ -37,9 +37,7 @@ def test_forward_and_gradients_match_unfold_reference(
         xi = x.clone().requires_grad_(True)
         out = forward(xi)
         # A fixed random projection gives every output element its own gradient weight.
-        weight = torch.randn(
-            out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
-        )
+        weight = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         (out * weight).sum().backward()
         grads[label] = (out.detach(), xi.grad, [p.grad.clone() for p in module.parameters()])
 
@@ -82,9 +80,7 @@ def test_matches_the_definition_written_as_loops(stride):
                     for v in range(k):
                         r, s = stride * i + u - pad, stride * j + v - pad
                         if 0 <= r < 5 and 0 <= s < 6:
-                            expected[0, c, i, j] += (
-                                kernel[0, c // 2, u * k + v, i, j] * x[0, c, r, s]
-                            )
+                            expected[0, c, i, j] += kernel[0, c // 2, u * k + v, i, j] * x[0, c, r, s]
     torch.testing.assert_close(involve(x, kernel, k, stride), expected)
     torch.testing.assert_close(involve_unfold(x, kernel, k, stride), expected)
 

@@ -61,9 +61,7 @@ def test_side_not_divisible_by_16_is_rejected(name):
 def test_gradients_reach_every_parameter(name):
     model = build(name, **SMALL[name])
     model(torch.rand(2, 1, 32, 32)).mean().backward()
-    missing = [
-        n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
-    ]
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
 
 

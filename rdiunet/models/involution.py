@@ -24,9 +24,7 @@ def output_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-def involve(
-    x: torch.Tensor, kernel: torch.Tensor, kernel_size: int, stride: int = 1
-) -> torch.Tensor:
+def involve(x: torch.Tensor, kernel: torch.Tensor, kernel_size: int, stride: int = 1) -> torch.Tensor:
     """Apply per-pixel kernels (B, G, K*K, Ho, Wo) to x (B, C, H, W) by summing shifted products."""
     b, c, h, w = x.shape
     groups = kernel.shape[1]
@@ -36,9 +34,7 @@ def involve(
         centre = x[:, :, ::stride, ::stride].reshape(b, groups, c // groups, ho, wo)
         return (centre * kernel[:, :, :1]).reshape(b, c, ho, wo)
     pad = kernel_size // 2
-    padded = F.pad(x, (pad, pad, pad, pad)).reshape(
-        b, groups, c // groups, h + 2 * pad, w + 2 * pad
-    )
+    padded = F.pad(x, (pad, pad, pad, pad)).reshape(b, groups, c // groups, h + 2 * pad, w + 2 * pad)
     out = None
     for offset in range(kernel_size * kernel_size):
         du, dv = divmod(offset, kernel_size)
@@ -50,9 +46,7 @@ def involve(
     return out.reshape(b, c, ho, wo)
 
 
-def involve_unfold(
-    x: torch.Tensor, kernel: torch.Tensor, kernel_size: int, stride: int = 1
-) -> torch.Tensor:
+def involve_unfold(x: torch.Tensor, kernel: torch.Tensor, kernel_size: int, stride: int = 1) -> torch.Tensor:
     """Reference: the same sum through `F.unfold` (memory K*K times the input)."""
     b, c, h, w = x.shape
     groups = kernel.shape[1]
@@ -77,9 +71,7 @@ class Involution(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         if channels % group_channels:
-            raise ValueError(
-                f"channels ({channels}) must be a multiple of group_channels ({group_channels})"
-            )
+            raise ValueError(f"channels ({channels}) must be a multiple of group_channels ({group_channels})")
         self.kernel_size = kernel_size
         self.stride = stride
         self.groups = channels // group_channels

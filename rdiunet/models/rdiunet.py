@@ -78,17 +78,13 @@ class RDIUNet(nn.Module):
         self.levels = len(widths)
         # Contracting path: (conv3x3, RIB) per resolution, each followed by 2x2 max pooling.
         inputs = (in_channels, *widths[:-1])
-        self.encoder = nn.ModuleList(
-            conv_rib(i, o, dropout) for i, o in zip(inputs, widths, strict=True)
-        )
+        self.encoder = nn.ModuleList(conv_rib(i, o, dropout) for i, o in zip(inputs, widths, strict=True))
         self.pool = nn.MaxPool2d(2)
         # Bottom: densely connected (conv3x3, RIB) blocks at the coarsest resolution.
         self.bottom = DenseBottom(widths[-1], dense_blocks, growth, dropout)
         # Expanding path mirrors U-Net: upsample, concatenate the skip, (conv3x3, RIB).
         ups_in = (self.bottom.out_channels, *reversed(widths[1:]))
-        self.up = nn.ModuleList(
-            up_conv(i, o) for i, o in zip(ups_in, reversed(widths), strict=True)
-        )
+        self.up = nn.ModuleList(up_conv(i, o) for i, o in zip(ups_in, reversed(widths), strict=True))
         self.decoder = nn.ModuleList(conv_rib(2 * w, w, dropout) for w in reversed(widths))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 

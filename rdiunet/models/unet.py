@@ -40,12 +40,9 @@ class UNet(nn.Module):
         )
         self.pool = nn.MaxPool2d(2)
         # Expanding path: upsample, concatenate the skip of the same resolution, convolve.
-        self.up = nn.ModuleList(
-            up_conv(widths[k + 1], widths[k]) for k in reversed(range(self.levels))
-        )
+        self.up = nn.ModuleList(up_conv(widths[k + 1], widths[k]) for k in reversed(range(self.levels)))
         self.decoder = nn.ModuleList(
-            conv_stack(2 * widths[k], widths[k], convs_per_level)
-            for k in reversed(range(self.levels))
+            conv_stack(2 * widths[k], widths[k], convs_per_level) for k in reversed(range(self.levels))
         )
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 

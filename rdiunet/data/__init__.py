@@ -1,0 +1,1 @@
+"""Datasets: download, synthetic stand-ins, preparation into arrays, and the in-memory loader."""

@@ -1,0 +1,92 @@
+"""The prepared dataset in memory, and batches drawn from it without per-sample Python work.
+
+The whole split lives in one uint8 tensor (on the GPU when training there); a batch is one
+indexing operation with a slice of a seeded permutation, then a cast. There is no Dataset/
+DataLoader, no worker processes and no collate step: for images of 128^2-256^2 pixels the data
+fits many times over, and indexing a resident tensor is faster than any pipeline feeding it.
+"""
+
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rdiunet.errors import UserError
+
+SPLITS = ("train", "val", "test")
+REQUIRED = {"images": np.uint8, "masks": np.uint8, "split": np.int8}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: images (N,1,H,W) and masks (N,1,H,W), both uint8, and the image ids."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    ids: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.images.to(device), self.masks.to(device), self.ids)
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The npz's arrays, checked against the data contract; a broken file is one clear error."""
+    rerun = "rerun rdiunet prepare to recreate it"
+    if not Path(path).exists():
+        raise UserError(f"prepared dataset {path} does not exist; run rdiunet prepare first")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise UserError(f"{path} is not a readable .npz file ({error}); {rerun}") from None
+    for key, dtype in {**REQUIRED, "ids": None}.items():
+        if key not in arrays:
+            raise UserError(f"{path} lacks the array '{key}'; {rerun}")
+        if dtype is not None and arrays[key].dtype != dtype:
+            raise UserError(f"{path}: '{key}' is {arrays[key].dtype}, expected {np.dtype(dtype)}; {rerun}")
+    images, masks, split = arrays["images"], arrays["masks"], arrays["split"]
+    if images.ndim != 3 or masks.shape != images.shape or split.shape != (len(images),):
+        raise UserError(
+            f"{path}: shapes do not agree (images {images.shape}, masks {masks.shape}, "
+            f"split {split.shape}); {rerun}"
+        )
+    if masks.max(initial=0) > 1 or not np.isin(split, (0, 1, 2)).all():
+        raise UserError(f"{path}: masks must be 0/1 and split 0/1/2; {rerun}")
+    return arrays
+
+
+def load_prepared(path: str | Path) -> dict[str, Split]:
+    """The train, val and test splits of a prepared .npz (on the CPU)."""
+    arrays = read_arrays(Path(path))
+    images = torch.from_numpy(arrays["images"]).unsqueeze(1)
+    masks = torch.from_numpy(arrays["masks"]).unsqueeze(1)
+    ids = arrays["ids"].astype(str)
+    result = {}
+    for code, name in enumerate(SPLITS):
+        index = torch.from_numpy(np.flatnonzero(arrays["split"] == code))
+        result[name] = Split(images[index].contiguous(), masks[index].contiguous(), tuple(ids[index.numpy()]))
+    return result
+
+
+def batches(
+    split: Split, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images float in [0,1], masks float in {0,1}), each (B,1,H,W), on the split's device.
+
+    With `shuffle`, the order is a permutation drawn from `generator` (a CPU generator, so the
+    order for a seed is the same on every device).
+    """
+    n = len(split)
+    if shuffle:
+        order = torch.randperm(n, generator=generator).to(split.images.device)
+    else:
+        order = torch.arange(n, device=split.images.device)
+    for start in range(0, n, batch_size):
+        index = order[start : start + batch_size]
+        yield split.images[index].float().div_(255), split.masks[index].float()

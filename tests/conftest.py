@@ -1,0 +1,40 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rdiunet.data.synthetic import synthesize
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `rdiunet ARGS` as a user would, in a separate process."""
+    return subprocess.run(
+        [sys.executable, "-m", "rdiunet.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A user error: non-zero exit, no traceback, a single line naming the problem."""
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in lines if line.startswith("rdiunet: error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def synthetic_raw(tmp_path_factory) -> dict[str, Path]:
+    """Small synthetic raw folders for the three datasets, made once per test session."""
+    root = tmp_path_factory.mktemp("raw")
+    sizes = {"nerve": 40, "jsrt": 30, "isic": 30}
+    for dataset, n in sizes.items():
+        synthesize(dataset, root / dataset, n=n, seed=0)
+    return {dataset: root / dataset for dataset in sizes}
