@@ -66,13 +66,67 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"{args.out}: {summary['images']} images ({counts}), {summary['image_size'][0]} px")
 
 
+def parse_value(text: str):
+    """A model option's value: int, float, true/false, or a comma-separated tuple of those."""
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(",") if part)
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--model-opt takes key=value, got '{pair}'")
+        options[key] = parse_value(value)
+    return options
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from rdiunet.train import PREEMPTED_EXIT, Preempted, TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data,
+        model=args.model,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        amp=args.amp,
+        deterministic=args.deterministic,
+        compile=args.compile,
+        model_options=parse_options(args.model_opt),
+    )
+    try:
+        metrics = train(config, Path(args.out), command=["rdiunet", *sys.argv[1:]])
+    except Preempted as stop:
+        print(f"rdiunet: {stop}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
+    dice, iou, best = metrics["dice"], metrics["iou"], metrics["best_epoch"]
+    print(f"{args.out}: test dice {dice:.4f}, iou {iou:.4f} (best epoch {best})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from rdiunet.train import evaluate
+
+    metrics = evaluate(Path(args.run), args.device)
+    print(f"{args.run}: test dice {metrics['dice']:.4f}, iou {metrics['iou']:.4f}")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="rdiunet", description=__doc__)
     verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     info = verbs.add_parser("info", help="parameters and FLOPs of every registered model")
     info.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    info.set_defaults(run=cmd_info)
+    info.set_defaults(handler=cmd_info)
 
     datasets = sources.NAMES
     download = verbs.add_parser("download", help="fetch a dataset's archives (verified, resumable)")
@@ -90,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="isic: also fetch the official validation and test sets",
     )
-    download.set_defaults(run=cmd_download)
+    download.set_defaults(handler=cmd_download)
 
     synth = verbs.add_parser("synth", help="write a synthetic stand-in in the source's raw format")
     synth.add_argument("--dataset", required=True, choices=datasets)
@@ -100,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--official-splits", action="store_true", help="isic: also write validation and test sets"
     )
-    synth.set_defaults(run=cmd_synth)
+    synth.set_defaults(handler=cmd_synth)
 
     prep = verbs.add_parser("prepare", help="raw archives -> images/masks/splits in one .npz")
     prep.add_argument("--dataset", required=True, choices=datasets)
@@ -128,14 +182,42 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--workers", type=int, default=None, help="decoding processes (default: cores, at most 4)"
     )
-    prep.set_defaults(run=cmd_prepare)
+    prep.set_defaults(handler=cmd_prepare)
+
+    tr = verbs.add_parser("train", help="train one model on one prepared dataset with one seed")
+    tr.add_argument("--data", required=True, help="prepared .npz")
+    tr.add_argument("--model", required=True, help="registered model name (rdiunet info lists them)")
+    tr.add_argument("--seed", type=int, required=True)
+    tr.add_argument("--out", required=True, help="run folder; rerunning resumes or does nothing")
+    tr.add_argument("--epochs", type=int, default=50)
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    tr.add_argument(
+        "--amp", default="auto", choices=("auto", "off", "bf16", "fp16"), help="auto: bf16 on GPU"
+    )
+    tr.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tr.add_argument(
+        "--model-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, e.g. widths=8,16,32,64",
+    )
+    tr.set_defaults(handler=cmd_train)
+
+    ev = verbs.add_parser("evaluate", help="recompute a run's test metrics from its best weights")
+    ev.add_argument("--run", required=True, help="run folder written by rdiunet train")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(handler=cmd_evaluate)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except UserError as error:
         print(f"rdiunet: error: {error}", file=sys.stderr)
         return 2

@@ -41,3 +41,7 @@ def atomic_path(target: str | os.PathLike):
 def write_json(target: str | os.PathLike, data) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())

@@ -75,18 +75,23 @@ def load_prepared(path: str | Path) -> dict[str, Split]:
 
 
 def batches(
-    split: Split, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    split: Split,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images float in [0,1], masks float in {0,1}), each (B,1,H,W), on the split's device.
 
     With `shuffle`, the order is a permutation drawn from `generator` (a CPU generator, so the
-    order for a seed is the same on every device).
+    order for a seed is the same on every device). `skip` leaves out the first batches of that
+    order, to continue an epoch where a checkpoint stopped it.
     """
     n = len(split)
     if shuffle:
         order = torch.randperm(n, generator=generator).to(split.images.device)
     else:
         order = torch.arange(n, device=split.images.device)
-    for start in range(0, n, batch_size):
+    for start in range(skip * batch_size, n, batch_size):
         index = order[start : start + batch_size]
         yield split.images[index].float().div_(255), split.masks[index].float()

@@ -99,7 +99,7 @@ def nerve_image(rng: np.random.Generator, subject: np.random.Generator, has_nerv
             subject.uniform(0.35, 0.65) * h + rng.normal(0, 15),
             subject.uniform(0.3, 0.7) * w + rng.normal(0, 20),
         )
-        axes = (rng.uniform(38, 55), rng.uniform(55, 80))
+        axes = (rng.uniform(50, 70), rng.uniform(70, 100))
         radius = ellipse((h, w), centre, axes, rng.uniform(-0.4, 0.4))
         mask = radius <= 1
         # Hyperechoic epineurium ring around a honeycomb of darker fascicles.

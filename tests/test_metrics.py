@@ -1,0 +1,91 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rdiunet.metrics import confusion, convergence, dice, hd95, iou, stability
+
+
+def masks(*rows_of_images):
+    return torch.tensor(rows_of_images, dtype=torch.bool)
+
+
+# Two 2x4 images. Image 0: prediction equals ground truth (4 px). Image 1: ground truth 4 px,
+# prediction finds 2 of them and adds 1 false positive.
+TRUTH = masks([[1, 1, 0, 0], [1, 1, 0, 0]], [[1, 1, 1, 1], [0, 0, 0, 0]])
+PRED = masks([[1, 1, 0, 0], [1, 1, 0, 0]], [[1, 1, 0, 0], [0, 0, 0, 1]])
+
+
+def test_confusion_counts_per_image():
+    assert confusion(PRED, TRUTH).tolist() == [[4, 0, 0, 4], [2, 1, 2, 3]]
+
+
+def test_dice_and_iou_per_image_and_pooled():
+    # image 1: dice = 2*2 / (2*2 + 1 + 2) = 4/7, iou = 2 / (2 + 1 + 2) = 2/5
+    assert dice(PRED, TRUTH, "image") == pytest.approx((1 + 4 / 7) / 2)
+    assert iou(PRED, TRUTH, "image") == pytest.approx((1 + 2 / 5) / 2)
+    # pooled: tp 6, fp 1, fn 2
+    assert dice(PRED, TRUTH, "dataset") == pytest.approx(12 / 15)
+    assert iou(PRED, TRUTH, "dataset") == pytest.approx(6 / 9)
+
+
+def test_empty_ground_truth_policy():
+    empty = masks([[0, 0], [0, 0]])
+    one = masks([[0, 1], [0, 0]])
+    assert dice(empty, empty) == 1.0 and iou(empty, empty) == 1.0  # nothing to find, nothing found
+    assert dice(one, empty) == 0.0 and iou(one, empty) == 0.0  # a false positive on an empty image
+    assert dice(empty, one) == 0.0  # a missed object
+
+
+def test_unknown_reduction():
+    with pytest.raises(ValueError, match="reduction"):
+        dice(PRED, TRUTH, "pixel")
+
+
+def test_hd95_of_single_pixels_is_their_distance():
+    a, b = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    a[1, 1], b[4, 5] = True, True
+    assert hd95(a, b) == pytest.approx(5.0)
+    assert hd95(b, a) == pytest.approx(5.0)
+
+
+def test_hd95_pools_both_directions():
+    # Ground truth: one pixel; prediction: that pixel plus a far one. From the prediction's
+    # surface the distances are {0, 6}; from the truth's, {0}: pooled {0, 0, 6}.
+    truth, pred = np.zeros((10, 10), bool), np.zeros((10, 10), bool)
+    truth[2, 2] = pred[2, 2] = True
+    pred[2, 8] = True
+    assert hd95(pred, truth) == pytest.approx(np.percentile([0, 0, 6], 95))
+
+
+def test_hd95_identical_masks_is_zero_and_empty_is_nan():
+    square = np.zeros((16, 16), bool)
+    square[4:12, 4:12] = True
+    assert hd95(square, square) == 0.0
+    assert math.isnan(hd95(square, np.zeros_like(square)))
+    assert math.isnan(hd95(np.zeros_like(square), np.zeros_like(square)))
+
+
+def test_hd95_shifted_square():
+    a = np.zeros((32, 32), bool)
+    a[8:16, 8:16] = True
+    b = np.roll(a, 3, axis=1)
+    # Every surface point is at most 3 px from the other surface; most of them exactly 3 (vertical
+    # edges) or 0 (top and bottom rows overlap): the 95th percentile is 3.
+    assert hd95(a, b) == pytest.approx(3.0)
+
+
+def test_stability_counts_drops_of_at_least_the_threshold():
+    # 0.80 -> 0.75 and 0.75 -> 0.70 are drops of exactly 0.05 (which floating point puts a hair
+    # on either side); 0.90 -> 0.60 is a large one; 0.70 -> 0.66 is not enough.
+    assert stability([0.5, 0.8, 0.75, 0.7, 0.66, 0.9, 0.6]) == 3
+    assert stability([0.5, 0.6, 0.7]) == 0
+    assert stability([0.9]) == 0
+    assert stability([0.9, 0.85], drop=0.1) == 0
+
+
+def test_convergence_is_the_first_epoch_strictly_above():
+    assert convergence([0.5, 0.7, 0.71, 0.9], 0.7) == 3
+    assert convergence([0.95, 0.2], 0.9) == 1
+    assert convergence([0.5, 0.6], 0.7) is None

@@ -1,0 +1,293 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_line_error, run_cli
+
+import rdiunet.train as train_module
+from rdiunet.data.prepare import prepare
+from rdiunet.data.synthetic import synthesize
+from rdiunet.errors import UserError
+from rdiunet.train import TrainConfig, evaluate, train
+
+TINY = {"widths": (8, 16, 32, 64), "dense_blocks": 2, "growth": 16}
+TINY_OPTS = ["--model-opt", "widths=8,16,32,64", "--model-opt", "dense_blocks=2", "--model-opt", "growth=16"]
+
+
+@pytest.fixture(scope="module")
+def jsrt64(tmp_path_factory):
+    """A small synthetic chest X-ray set at 64 px: 60 images, 42 for training."""
+    root = tmp_path_factory.mktemp("jsrt64")
+    synthesize("jsrt", root / "raw", n=60, seed=0)
+    prepare("jsrt", root / "raw", root / "jsrt.npz", size=64, workers=1)
+    return root / "jsrt.npz"
+
+
+def history(run) -> list[dict]:
+    """history.csv without the wall-clock column, which legitimately differs between runs."""
+    with open(run / "history.csv") as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def config(data, **overrides) -> TrainConfig:
+    base = dict(
+        data=str(data),
+        model="rdiunet",
+        seed=0,
+        epochs=3,
+        batch_size=8,
+        lr=1e-3,
+        device="cpu",
+        deterministic=True,
+        model_options=TINY,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_run_folder_holds_every_output(jsrt64, tmp_path):
+    metrics = train(config(jsrt64), tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "history.csv",
+        "checkpoint.pt",
+        "best.pt",
+        "metrics.json",
+        "per_image.csv",
+        "run.json",
+    }
+    rows = history(tmp_path)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert list(rows[0]) == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_dice",
+        "val_iou",
+        "val_dice_dataset",
+        "lr",
+    ]
+    best = max(rows, key=lambda r: float(r["val_dice"]))
+    assert metrics["best_epoch"] == int(best["epoch"])
+    with open(tmp_path / "per_image.csv") as handle:
+        per_image = list(csv.DictReader(handle))
+    assert len(per_image) == metrics["images"] == 12
+    assert metrics["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in per_image]), abs=1e-5)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "complete" and run["seed"] == 0
+    assert run["environment"]["torch"] == torch.__version__
+    assert run["settings"] == {
+        "amp": "off",
+        "channels_last": False,
+        "tf32": False,
+        "compile": False,
+        "deterministic": True,
+    }
+    assert len(run["data_sha256"]) == 64
+
+
+def test_two_deterministic_cpu_runs_are_identical(jsrt64, tmp_path):
+    train(config(jsrt64), tmp_path / "a")
+    train(config(jsrt64), tmp_path / "b")
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    train(config(jsrt64, seed=1), tmp_path / "c")
+    assert history(tmp_path / "a") != history(tmp_path / "c")
+
+
+def test_finished_run_rerun_does_nothing(jsrt64, tmp_path, capsys):
+    train(config(jsrt64, epochs=1), tmp_path)
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    train(config(jsrt64, epochs=1), tmp_path)
+    assert "already complete" in capsys.readouterr().err
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+
+
+def test_more_epochs_continue_a_finished_run(jsrt64, tmp_path):
+    train(config(jsrt64, epochs=2), tmp_path / "extended")
+    train(config(jsrt64, epochs=3), tmp_path / "extended")
+    train(config(jsrt64, epochs=3), tmp_path / "straight")
+    assert history(tmp_path / "extended") == history(tmp_path / "straight")
+
+
+def test_checkpoint_of_another_configuration_is_refused(jsrt64, tmp_path):
+    train(config(jsrt64, epochs=1), tmp_path)
+    with pytest.raises(UserError, match="refusing to resume .*'growth': 32"):
+        train(config(jsrt64, epochs=2, model_options={**TINY, "growth": 32}), tmp_path)
+    with pytest.raises(UserError, match="refusing to resume .* model="):
+        train(
+            config(jsrt64, epochs=2, model="unet", model_options={"widths": (8, 16, 32, 64, 128)}), tmp_path
+        )
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(jsrt64, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def poisoned(logits, target, **kwargs):
+        calls["n"] += 1
+        loss = real_bce(logits, target, **kwargs)
+        # 6 training batches per epoch: poison one batch of the second epoch.
+        return loss * float("nan") if 8 <= calls["n"] <= 8 else loss
+
+    monkeypatch.setattr(train_module, "F", SimpleNamespace(binary_cross_entropy_with_logits=poisoned))
+    with pytest.raises(UserError, match="loss became nan in epoch 2.*epoch 1"):
+        train(config(jsrt64, epochs=3), tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+
+
+def test_empty_split_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "d.npz",
+        images=rng.integers(0, 255, (6, 32, 32), dtype=np.uint8),
+        masks=np.zeros((6, 32, 32), np.uint8),
+        ids=np.array([str(i) for i in range(6)]),
+        groups=np.array([str(i) for i in range(6)]),
+        split=np.array([0, 0, 0, 0, 2, 2], np.int8),
+    )
+    with pytest.raises(UserError, match="the val split is empty"):
+        train(config(tmp_path / "d.npz"), tmp_path / "run")
+
+
+def test_evaluate_recomputes_the_same_metrics(jsrt64, tmp_path):
+    metrics = train(config(jsrt64, epochs=2), tmp_path)
+    (tmp_path / "metrics.json").unlink()
+    assert evaluate(tmp_path, device="cpu") == metrics
+
+
+# --- the command line, in real processes: kill, SIGTERM, resume ----------------------------------
+
+
+def train_cli(data, out, epochs, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "rdiunet.cli",
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "rdiunet",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--deterministic",
+        *TINY_OPTS,
+        *extra,
+    ]
+
+
+def start_and_interrupt(command, out, rows_before, sig):
+    """Start training, wait until `rows_before` epochs are logged, then send `sig`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / "history.csv").exists() and len(history(out)) >= rows_before:
+            break
+        time.sleep(0.02)
+    time.sleep(0.15)  # land inside the next epoch
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(jsrt64, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = subprocess.run(
+        train_cli(jsrt64, out, 5), capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr
+    return history(out)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_history(jsrt64, tmp_path, uninterrupted):
+    code, _ = start_and_interrupt(train_cli(jsrt64, tmp_path, 5), tmp_path, 2, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert 2 <= len(history(tmp_path)) < 5  # really killed mid-run
+    result = subprocess.run(
+        train_cli(jsrt64, tmp_path, 5),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stderr
+    assert history(tmp_path) == uninterrupted
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_mid_epoch_and_resumes(jsrt64, tmp_path, uninterrupted):
+    code, stderr = start_and_interrupt(train_cli(jsrt64, tmp_path, 5), tmp_path, 1, signal.SIGTERM)
+    assert code == 143, stderr
+    assert "checkpoint saved" in stderr and "Traceback" not in stderr
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["batch"] > 0  # stopped inside an epoch, not at its end
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "preempted"
+    result = subprocess.run(
+        train_cli(jsrt64, tmp_path, 5),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"batch {state['batch']}" in result.stderr
+    assert history(tmp_path) == uninterrupted
+
+
+def test_cli_errors_are_one_line(jsrt64, tmp_path):
+    assert_one_line_error(
+        run_cli(
+            "train", "--data", tmp_path / "none.npz", "--model", "unet", "--seed", "0", "--out", tmp_path
+        ),
+        "does not exist",
+    )
+    assert_one_line_error(
+        run_cli("train", "--data", jsrt64, "--model", "vnet", "--seed", "0", "--out", tmp_path / "r"),
+        "unknown model 'vnet'",
+    )
+    assert_one_line_error(
+        run_cli(
+            "train",
+            "--data",
+            jsrt64,
+            "--model",
+            "unet",
+            "--seed",
+            "0",
+            "--out",
+            tmp_path / "r",
+            "--model-opt",
+            "depth",
+        ),
+        "key=value",
+    )
+    assert_one_line_error(run_cli("evaluate", "--run", tmp_path), "not a trained run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,options", [("unet", {"widths": (8, 16, 32, 64, 128)}), ("rdiunet", TINY)])
+def test_both_models_learn_the_synthetic_lungs(jsrt64, tmp_path, model, options):
+    metrics = train(
+        config(jsrt64, model=model, model_options=options, epochs=14, deterministic=False), tmp_path
+    )
+    assert max(float(r["val_dice"]) for r in history(tmp_path)) > 0.9
+    assert metrics["dice"] > 0.9
