@@ -120,6 +120,62 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"{args.run}: test dice {metrics['dice']:.4f}, iou {metrics['iou']:.4f}")
 
 
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch-sizes takes positive integers like 1,8,64,256; got '{text}'")
+    return sizes
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from rdiunet.bench import bench_report
+    from rdiunet.fileio import write_json
+    from rdiunet.gpu import choose_device
+    from rdiunet.models import build
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.size < 16 or args.size % 16:
+        raise UserError(f"--size must be a positive multiple of 16, got {args.size}")
+    if args.runs < 1:
+        raise UserError(f"--runs must be positive, got {args.runs}")
+    device = choose_device(args.device)
+    cuda = device.type == "cuda"
+    amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    if amp is torch.float16 and not cuda:
+        raise UserError("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    default_sizes = "1,8,64,256" if cuda else "1,8"
+    options = parse_options(args.model_opt)
+    torch.manual_seed(0)
+    model = build(args.model, **options)
+    report = bench_report(
+        args.model,
+        options,
+        model,
+        args.size,
+        device,
+        amp=amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        batch_sizes=parse_batch_sizes(args.batch_sizes or default_sizes),
+        runs=args.runs,
+        warmup=args.warmup,
+    )
+    write_json(args.out, report)
+    latency = report["latency_ms"]
+    print(
+        f"{args.model} @ {args.size}px on {report['environment']['device_name']}: batch-1 median "
+        f"{latency['median']:.2f} ms (p90 {latency['p90']:.2f}, p99 {latency['p99']:.2f})"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="rdiunet", description=__doc__)
     verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -211,6 +267,21 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", required=True, help="run folder written by rdiunet train")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(handler=cmd_evaluate)
+
+    be = verbs.add_parser("bench", help="latency, throughput, FLOPs, memory and energy of a model")
+    be.add_argument("--model", required=True)
+    be.add_argument("--size", type=int, required=True, help="image side in pixels")
+    be.add_argument("--out", required=True, help="output .json")
+    be.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    be.add_argument("--batch-sizes", default=None, help="default 1,8,64,256 on GPU, 1,8 on CPU")
+    be.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    be.add_argument("--channels-last", action="store_true")
+    be.add_argument("--compile", action="store_true", help="torch.compile the model")
+    be.add_argument("--runs", type=int, default=200, help="timed batch-1 runs (at least 200 for Table 1)")
+    be.add_argument("--warmup", type=int, default=20)
+    be.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    be.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE")
+    be.set_defaults(handler=cmd_bench)
     return top
 
 

@@ -5,6 +5,8 @@ A run folder holds:
     history.csv     one row per epoch: epoch, train_loss, val_loss, val_dice, val_iou,
                     val_dice_dataset, seconds, lr
     checkpoint.pt   the latest state: model, optimiser, RNG states, position, history so far
+    gpu.csv         NVML samples (time, power, utilisation, memory, temperature, SM clock); header
+                    only where no GPU is used
     best.pt         the weights with the best validation Dice (per-image mean)
     metrics.json    the best weights on the test split
     per_image.csv   id, dice, iou, hd95, gt_empty, pred_empty for each test image
@@ -36,7 +38,7 @@ from rdiunet.data.dataset import Split, batches, load_prepared
 from rdiunet.data.download import sha256_of
 from rdiunet.errors import UserError
 from rdiunet.fileio import atomic_path, read_json, write_json
-from rdiunet.gpu import choose_device
+from rdiunet.gpu import GpuSampler, choose_device
 from rdiunet.metrics import confusion, dice_from_counts, hd95, iou_from_counts
 from rdiunet.models import build
 from rdiunet.provenance import environment, now
@@ -263,6 +265,7 @@ def train(config: TrainConfig, out: Path, command: list[str] | None = None) -> d
     scaler = torch.amp.GradScaler(enabled=runtime.amp_dtype == torch.float16)
 
     epoch, skip, partial, history, best = 0, 0, {"loss_sum": 0.0, "images": 0, "seconds": 0.0}, [], None
+    energy_before = 0.0  # GPU energy of the epochs kept from earlier, interrupted processes
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, identity)
         raw_model.load_state_dict(state["model"])
@@ -271,6 +274,7 @@ def train(config: TrainConfig, out: Path, command: list[str] | None = None) -> d
         set_rng_state(state["rng"])
         epoch, skip, partial = state["epoch"], state["batch"], state["partial"]
         history, best = state["history"], state["best"]
+        energy_before = state.get("gpu_energy_j") or 0.0
         where = f"epoch {epoch + 1}, batch {skip}" if skip else f"after epoch {epoch}"
         print(f"resuming from {checkpoint_path} ({where})", file=sys.stderr, flush=True)
     model = torch.compile(raw_model) if config.compile else raw_model
@@ -305,10 +309,13 @@ def train(config: TrainConfig, out: Path, command: list[str] | None = None) -> d
                 "rng": rng_state(),
                 "history": history,
                 "best": best,
+                "gpu_energy_j": energy_before + (sampler.energy_so_far()[0] or 0.0),
             },
         )
 
-    with StopFlag() as stop:
+    if runtime.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(runtime.device)
+    with StopFlag() as stop, GpuSampler(out / "gpu.csv", runtime.device) as sampler:
         while epoch < config.epochs:
             model.train()
             clock = time.perf_counter()
@@ -361,12 +368,19 @@ def train(config: TrainConfig, out: Path, command: list[str] | None = None) -> d
             write_history(out / "history.csv", history)
             print_epoch(row, config.epochs)
 
-    metrics = evaluate_run(out, data["test"], raw_model, runtime, config)
+    gpu = sampler.summary()
+    if gpu["available"]:
+        # Energy of the whole training: this process's window plus the kept epochs of earlier ones.
+        gpu["energy_j_total"] = energy_before + (gpu["energy_j"] or 0.0)
+        gpu["torch_peak_memory_mib"] = torch.cuda.max_memory_allocated(runtime.device) / 2**20
+    metrics = evaluate_run(out, data["test"], raw_model, runtime, config, gpu=gpu)
     write_json(run_file, {**run_info, "status": "complete", "finished": now()})
     return metrics
 
 
-def evaluate_run(out: Path, test: Split, model, runtime: Runtime, config: TrainConfig) -> dict:
+def evaluate_run(
+    out: Path, test: Split, model, runtime: Runtime, config: TrainConfig, gpu: dict | None = None
+) -> dict:
     """Load best.pt into `model`, score the test split, write metrics.json and per_image.csv."""
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(best["model"])
@@ -400,9 +414,18 @@ def evaluate_run(out: Path, test: Split, model, runtime: Runtime, config: TrainC
         "best_epoch": best["epoch"],
         "best_val_dice": best["val_dice"],
         "epochs": config.epochs,
+        "gpu": gpu if gpu is not None else previous_gpu_summary(out),
     }
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def previous_gpu_summary(out: Path) -> dict:
+    """The training's GPU summary, kept when the test metrics are recomputed."""
+    metrics = out / "metrics.json"
+    if metrics.exists():
+        return read_json(metrics).get("gpu", {})
+    return {"available": False, "reason": "recomputed by rdiunet evaluate; training's record was not found"}
 
 
 def evaluate(out: Path, device: str = "auto") -> dict:

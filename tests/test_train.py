@@ -56,6 +56,7 @@ def test_run_folder_holds_every_output(jsrt64, tmp_path):
     metrics = train(config(jsrt64), tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {
         "history.csv",
+        "gpu.csv",
         "checkpoint.pt",
         "best.pt",
         "metrics.json",
@@ -90,6 +91,11 @@ def test_run_folder_holds_every_output(jsrt64, tmp_path):
         "deterministic": True,
     }
     assert len(run["data_sha256"]) == 64
+    # On the CPU the NVML record says why it is empty, and the run went on.
+    assert metrics["gpu"] == {"available": False, "reason": "device is cpu, not a GPU"}
+    assert (
+        tmp_path / "gpu.csv"
+    ).read_text().strip() == "time,power_w,utilization_pct,memory_used_mib,temperature_c,sm_clock_mhz"
 
 
 def test_two_deterministic_cpu_runs_are_identical(jsrt64, tmp_path):
@@ -158,8 +164,12 @@ def test_empty_split_is_refused(tmp_path):
 
 def test_evaluate_recomputes_the_same_metrics(jsrt64, tmp_path):
     metrics = train(config(jsrt64, epochs=2), tmp_path)
-    (tmp_path / "metrics.json").unlink()
+    per_image = (tmp_path / "per_image.csv").read_text()
+    (tmp_path / "per_image.csv").unlink()
+    # Only the training's GPU record survives; the test metrics must come back identical.
+    (tmp_path / "metrics.json").write_text(json.dumps({"gpu": metrics["gpu"]}))
     assert evaluate(tmp_path, device="cpu") == metrics
+    assert (tmp_path / "per_image.csv").read_text() == per_image
 
 
 # --- the command line, in real processes: kill, SIGTERM, resume ----------------------------------
