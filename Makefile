@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint venv clean
+.PHONY: test demo lint venv clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The whole DAG on synthetic stand-ins, CPU-sized; outputs in demo/ (report: demo/reports/).
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/snakemake --cores all --profile profiles/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

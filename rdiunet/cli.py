@@ -33,10 +33,20 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{name:<10} {params:>12,} {g128:>11.2f} {g256:>11.2f}")
 
 
+def write_manifest(out: Path, paths: list[Path], synthetic: bool) -> None:
+    """manifest.json beside the raw archives: what the workflow's prepare step depends on."""
+    from rdiunet.fileio import write_json
+
+    files = [{"name": p.name, "bytes": p.stat().st_size} for p in paths]
+    write_json(out / "manifest.json", {"files": files, "synthetic": synthetic})
+    for path in paths:
+        print(path)
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     source = sources.get(args.dataset)
-    for path in source.download(Path(args.out), tuple(args.mirror), args.official_splits):
-        print(path)
+    out = Path(args.out)
+    write_manifest(out, source.download(out, tuple(args.mirror), args.official_splits), synthetic=False)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -45,8 +55,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     options = {"official_splits": True} if args.official_splits else {}
     if args.official_splits and args.dataset != "isic":
         raise UserError("--official-splits applies to isic only")
-    for path in synthesize(args.dataset, Path(args.out), args.n, args.seed, **options):
-        print(path)
+    out = Path(args.out)
+    write_manifest(out, synthesize(args.dataset, out, args.n, args.seed, **options), synthetic=True)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -89,7 +99,12 @@ def parse_options(pairs: list[str]) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
     from rdiunet.train import PREEMPTED_EXIT, Preempted, TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     config = TrainConfig(
         data=args.data,
@@ -176,6 +191,48 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
 
 
+def load_study(args: argparse.Namespace):
+    """The workflow configuration behind a results tree: --config-json TEXT or --config FILE."""
+    import json
+
+    import yaml
+
+    from rdiunet.report.collect import Study
+
+    if args.config_json:
+        try:
+            config = json.loads(args.config_json)
+        except json.JSONDecodeError as error:
+            raise UserError(f"--config-json is not valid JSON ({error})") from None
+    elif args.config:
+        try:
+            config = yaml.safe_load(Path(args.config).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise UserError(f"cannot read --config {args.config} ({error})") from None
+    else:
+        raise UserError("give the workflow configuration: --config config.yaml or --config-json '{...}'")
+    return Study.from_config(config), config
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from rdiunet.report import collect
+    from rdiunet.report.tables import table1, table2, write_tables
+
+    study, _ = load_study(args)
+    results = Path(args.results)
+    runs = collect.runs(results, study)
+    frame1 = table1(runs, collect.benches(results, study), study)
+    for path in write_tables(frame1, table2(runs, study), Path(args.out), study.synthetic):
+        print(path)
+
+
+def add_study_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--results", default="results", help="results tree written by the workflow")
+    command.add_argument("--config", default=None, help="the workflow's config.yaml")
+    command.add_argument("--config-json", default=None, help="the resolved configuration as JSON")
+    command.add_argument("--out", default="reports", help="output folder")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="rdiunet", description=__doc__)
     verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -254,6 +311,7 @@ def parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tr.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     tr.add_argument(
         "--model-opt",
         action="append",
@@ -282,6 +340,10 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     be.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE")
     be.set_defaults(handler=cmd_bench)
+
+    ta = verbs.add_parser("tables", help="Table 1 and Table 2 (csv and md) beside the paper's values")
+    add_study_arguments(ta)
+    ta.set_defaults(handler=cmd_tables)
     return top
 
 

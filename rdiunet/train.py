@@ -174,6 +174,15 @@ def run_split(model, split: Split, batch_size: int, runtime: Runtime, keep_predi
     return float(loss_sum) / pixels, counts, predictions
 
 
+def data_summary(path: Path) -> dict | None:
+    """The prepared data's own summary (dataset, counts, size, whether it is synthetic)."""
+    summary = path.with_suffix(".json")
+    if not summary.exists():
+        return None
+    keys = ("dataset", "synthetic", "image_size", "counts", "split")
+    return {k: v for k, v in read_json(summary).items() if k in keys}
+
+
 def check_splits(data: dict[str, Split], path: str) -> None:
     for name in ("train", "val", "test"):
         if len(data[name]) == 0:
@@ -248,7 +257,8 @@ def train(config: TrainConfig, out: Path, command: list[str] | None = None) -> d
     data = load_prepared(config.data)
     check_splits(data, config.data)
     identity = config.identity(data_sha256)
-    if (out / "metrics.json").exists() and checkpoint_path.exists():
+    finished_files = ("metrics.json", "per_image.csv", "history.csv", "checkpoint.pt", "best.pt")
+    if all((out / name).exists() for name in finished_files):
         state = load_checkpoint(checkpoint_path, identity)
         if state["epoch"] >= config.epochs:
             print(f"{out}: already complete ({state['epoch']} epochs); nothing to do", file=sys.stderr)
@@ -285,6 +295,7 @@ def train(config: TrainConfig, out: Path, command: list[str] | None = None) -> d
         "config": asdict(config),
         "seed": config.seed,
         "data_sha256": data_sha256,
+        "data": data_summary(Path(config.data)),
         "environment": environment(runtime.device),
         "settings": {**runtime.settings(), "compile": config.compile, "deterministic": config.deterministic},
         "status": "running",
@@ -368,6 +379,8 @@ def train(config: TrainConfig, out: Path, command: list[str] | None = None) -> d
             write_history(out / "history.csv", history)
             print_epoch(row, config.epochs)
 
+    # Rewritten here too: a workflow manager may have removed it before rerunning a finished job.
+    write_history(out / "history.csv", history)
     gpu = sampler.summary()
     if gpu["available"]:
         # Energy of the whole training: this process's window plus the kept epochs of earlier ones.

@@ -194,6 +194,7 @@ def test_cli_isic_download_warns_on_third_party_checksums(server, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ISIC2018_Task1-2_Training_Input.zip",
         "ISIC2018_Task1_Training_GroundTruth.zip",
+        "manifest.json",
     ]
 
 

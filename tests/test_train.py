@@ -114,6 +114,18 @@ def test_finished_run_rerun_does_nothing(jsrt64, tmp_path, capsys):
     assert stamps == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
 
 
+def test_outputs_removed_by_a_workflow_manager_come_back_without_retraining(jsrt64, tmp_path, capsys):
+    train(config(jsrt64, epochs=2), tmp_path)
+    before = {name: (tmp_path / name).read_text() for name in ("history.csv", "per_image.csv")}
+    for name in ("history.csv", "metrics.json", "per_image.csv"):
+        (tmp_path / name).unlink()  # what Snakemake does before rerunning a job
+    capsys.readouterr()
+    train(config(jsrt64, epochs=2), tmp_path)
+    assert "train_loss" not in capsys.readouterr().err  # no epoch was trained again
+    assert {name: (tmp_path / name).read_text() for name in before} == before
+    assert (tmp_path / "metrics.json").exists()
+
+
 def test_more_epochs_continue_a_finished_run(jsrt64, tmp_path):
     train(config(jsrt64, epochs=2), tmp_path / "extended")
     train(config(jsrt64, epochs=3), tmp_path / "extended")

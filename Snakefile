@@ -1,0 +1,27 @@
+# rdiunet-bench: reproduce RDIU-Net (ICCAS 2023).
+#
+#   snakemake --cores all --use-conda            the paper run (config.yaml)
+#   snakemake --cores all --profile profiles/demo    a CPU-sized run on synthetic stand-ins
+#
+# WHAT runs is config.yaml (validated against workflow/schemas/config.schema.yaml); HOW it runs
+# (cores, cluster, demo sizes) lives in profiles/.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

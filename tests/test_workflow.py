@@ -1,0 +1,168 @@
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles", "envs")
+BIN = Path(sys.executable).parent
+
+
+def copy_workflow(target: Path) -> Path:
+    """The workflow in a fresh folder, as a user's clone would have it (no outputs, no .snakemake)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, target / name)
+    return target
+
+
+def snakemake(cwd: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    # Jobs call `python -m rdiunet.cli`: the test's interpreter must come first on PATH.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> number of jobs."""
+    stats = output.split("Job stats:", 1)[1]
+    return {
+        rule: int(count)
+        for rule, count in re.findall(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE)
+        if rule != "total"
+    }
+
+
+def test_paper_run_plans_the_full_grid(tmp_path):
+    result = snakemake(copy_workflow(tmp_path), "-n")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result.stdout)
+    assert jobs["download"] == 3 and jobs["prepare"] == 3
+    assert jobs["train"] == 30  # 3 datasets x 2 models x 5 seeds
+    assert jobs["bench"] == 6  # 3 datasets (their sizes) x 2 models
+    assert jobs["tables"] == 1 and jobs["all"] == 1
+
+
+def test_lint_is_clean():
+    for profile in ((), ("--profile", "profiles/demo")):
+        result = snakemake(REPO, "--lint", *profile)
+        assert "Lints for" not in result.stdout + result.stderr, result.stdout
+
+
+@pytest.mark.parametrize(
+    "edit,key",
+    [
+        (lambda c: c.update(seeds=[-1, 2]), "seeds"),
+        (lambda c: c["datasets"].update(brain=c["datasets"].pop("jsrt")), "brain"),
+        (lambda c: c["datasets"]["nerve"].update(size=100), "size"),
+        (lambda c: c["training"].update(amp="fp8"), "amp"),
+    ],
+)
+def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, edit, key):
+    folder = copy_workflow(tmp_path)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    edit(config)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(folder, "-n")
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "Error validating config file" in message and key in message
+    assert "Job stats" not in message
+
+
+def test_conda_envs_are_pinned_and_agree_with_pyproject():
+    declared = {
+        Requirement(r).name.lower(): Requirement(r)
+        for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    pinned = {}
+    for env_file in sorted((REPO / "envs").glob("*.yaml")):
+        env = yaml.safe_load(env_file.read_text())
+        pips = [d for d in env["dependencies"] if isinstance(d, dict)][0]["pip"]
+        for line in pips:
+            requirement = Requirement(line)
+            assert str(requirement.specifier).startswith("=="), f"{env_file.name}: {line} is not pinned"
+            version = str(requirement.specifier)[2:]
+            name = requirement.name.lower()
+            assert name in declared, f"{env_file.name}: {name} is not a dependency in pyproject.toml"
+            assert declared[name].specifier.contains(version), f"{env_file.name}: {line} vs {declared[name]}"
+            assert pinned.setdefault(name, version) == version, f"{name} pinned to two versions"
+    # Every runtime dependency is in some environment, except the workflow engine itself.
+    outside = {"snakemake", "snakemake-executor-plugin-slurm"}
+    assert set(declared) - outside <= set(pinned)
+
+
+# --- the demo, end to end --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = copy_workflow(tmp_path_factory.mktemp("demo-workflow"))
+    result = snakemake(folder, "--profile", "profiles/demo")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return folder
+
+
+@pytest.mark.slow
+def test_demo_outputs_meet_the_data_contracts(demo):
+    root = demo / "demo"
+    for dataset, n_images in (("nerve", None), ("jsrt", 60), ("isic", 80)):
+        with np.load(root / "data" / "prepared" / f"{dataset}.npz") as npz:
+            assert {"images", "masks", "ids", "groups", "split"} <= set(npz.files)
+            assert npz["images"].shape[1:] == (64, 64) and npz["masks"].max() == 1
+            if n_images:
+                assert len(npz["ids"]) == n_images
+        summary = yaml.safe_load((root / "data" / "prepared" / f"{dataset}.json").read_text())
+        assert summary["synthetic"] is True
+        for model in ("unet", "rdiunet"):
+            bench = yaml.safe_load((root / "results" / dataset / model / "bench.json").read_text())
+            assert bench["latency_ms"]["median"] > 0
+            for seed in (0, 1):
+                run = root / "results" / dataset / model / f"seed{seed}"
+                for name in (
+                    "history.csv",
+                    "metrics.json",
+                    "per_image.csv",
+                    "run.json",
+                    "checkpoint.pt",
+                    "best.pt",
+                    "gpu.csv",
+                ):
+                    assert (run / name).exists(), run / name
+                metrics = yaml.safe_load((run / "metrics.json").read_text())
+                assert metrics["dice"] > 0.9, (run, metrics["dice"])  # the demo's promise
+                assert yaml.safe_load((run / "run.json").read_text())["data"]["synthetic"] is True
+    table1 = (root / "reports" / "table1.md").read_text()
+    assert table1.startswith("> **Synthetic data.**")
+    assert len((root / "reports" / "table1.csv").read_text().splitlines()) == 1 + 6
+    assert (root / "logs" / "timing" / "train" / "jsrt" / "unet" / "seed0.tsv").exists()
+
+
+@pytest.mark.slow
+def test_demo_rerun_does_nothing_and_a_deleted_run_reruns_alone(demo):
+    again = snakemake(demo, "--profile", "profiles/demo", "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    runs = sorted((demo / "demo" / "results").glob("*/*/seed*/metrics.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in runs}
+    shutil.rmtree(demo / "demo" / "results" / "jsrt" / "rdiunet" / "seed1")
+    plan = snakemake(demo, "--profile", "profiles/demo", "-n")
+    assert planned_jobs(plan.stdout) == {"train": 1, "tables": 1, "all": 1}
+    result = snakemake(demo, "--profile", "profiles/demo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    changed = [p for p in runs if p.stat().st_mtime_ns != stamps[p]]
+    assert changed == [demo / "demo" / "results" / "jsrt" / "rdiunet" / "seed1" / "metrics.json"]
