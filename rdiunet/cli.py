@@ -226,11 +226,48 @@ def cmd_tables(args: argparse.Namespace) -> None:
         print(path)
 
 
-def add_study_arguments(command: argparse.ArgumentParser) -> None:
+def cmd_figures(args: argparse.Namespace) -> None:
+    from rdiunet.report import collect
+    from rdiunet.report.figures import all_figures
+
+    study, _ = load_study(args)
+    results = Path(args.results)
+    histories, per_image = collect.histories(results, study), collect.per_image(results, study)
+    for path in all_figures(results, Path(args.data), histories, per_image, study, Path(args.out)):
+        print(path)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from rdiunet.fileio import atomic_path
+    from rdiunet.report import collect, html
+    from rdiunet.report.claims import claims_frame, evaluate_claims
+    from rdiunet.report.tables import table1, table2
+
+    study, config = load_study(args)
+    results, out = Path(args.results), Path(args.out)
+    runs, benches = collect.runs(results, study), collect.benches(results, study)
+    claims = claims_frame(evaluate_claims(runs, collect.per_image(results, study), benches, study))
+    page = html.render(
+        claims,
+        table1(runs, benches, study),
+        table2(runs, study),
+        html.figures_by_dataset(Path(args.figures), study),
+        config,
+        study,
+        html.provenance(results, Path(args.data), study),
+        html.rule_times(Path(args.timing)),
+    )
+    html.write_report(page, out)
+    with atomic_path(out.with_name("claims.csv")) as tmp:
+        claims.to_csv(tmp, index=False)
+    print(out)
+
+
+def add_study_arguments(command: argparse.ArgumentParser, out: str, out_help: str) -> None:
     command.add_argument("--results", default="results", help="results tree written by the workflow")
     command.add_argument("--config", default=None, help="the workflow's config.yaml")
     command.add_argument("--config-json", default=None, help="the resolved configuration as JSON")
-    command.add_argument("--out", default="reports", help="output folder")
+    command.add_argument("--out", default=out, help=out_help)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -342,8 +379,20 @@ def parser() -> argparse.ArgumentParser:
     be.set_defaults(handler=cmd_bench)
 
     ta = verbs.add_parser("tables", help="Table 1 and Table 2 (csv and md) beside the paper's values")
-    add_study_arguments(ta)
+    add_study_arguments(ta, "reports", "output folder")
     ta.set_defaults(handler=cmd_tables)
+
+    fi = verbs.add_parser("figures", help="Dice curves, example predictions, Dice distributions, GPU power")
+    add_study_arguments(fi, "reports/figures", "output folder")
+    fi.add_argument("--data", default="data/prepared", help="folder of the prepared .npz files")
+    fi.set_defaults(handler=cmd_figures)
+
+    re_ = verbs.add_parser("report", help="the self-contained HTML report (and claims.csv beside it)")
+    add_study_arguments(re_, "reports/report.html", "output .html; claims.csv is written beside it")
+    re_.add_argument("--data", default="data/prepared", help="folder of the prepared .npz/.json files")
+    re_.add_argument("--figures", default="reports/figures", help="folder written by rdiunet figures")
+    re_.add_argument("--timing", default="logs/timing", help="Snakemake benchmark files (per-rule run times)")
+    re_.set_defaults(handler=cmd_report)
     return top
 
 

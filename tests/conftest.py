@@ -1,3 +1,5 @@
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +40,34 @@ def synthetic_raw(tmp_path_factory) -> dict[str, Path]:
     for dataset, n in sizes.items():
         synthesize(dataset, root / dataset, n=n, seed=0)
     return {dataset: root / dataset for dataset in sizes}
+
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles", "envs")
+BIN = Path(sys.executable).parent
+
+
+def copy_workflow(target: Path) -> Path:
+    """The workflow in a fresh folder, as a user's clone would have it (no outputs, no .snakemake)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, target / name)
+    return target
+
+
+def snakemake(cwd: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    # Jobs call `python -m rdiunet.cli`: the test's interpreter must come first on PATH.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """The demo profile run once from a clean copy of the workflow (its outputs are in demo/)."""
+    folder = copy_workflow(tmp_path_factory.mktemp("demo-workflow"))
+    result = snakemake(folder, "--profile", "profiles/demo")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return folder

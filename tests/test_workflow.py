@@ -1,9 +1,5 @@
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,26 +11,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-REPO = Path(__file__).resolve().parent.parent
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "profiles", "envs")
-BIN = Path(sys.executable).parent
-
-
-def copy_workflow(target: Path) -> Path:
-    """The workflow in a fresh folder, as a user's clone would have it (no outputs, no .snakemake)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, target / name)
-    return target
-
-
-def snakemake(cwd: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    # Jobs call `python -m rdiunet.cli`: the test's interpreter must come first on PATH.
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+from conftest import REPO, copy_workflow, snakemake  # noqa: E402
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -54,7 +31,7 @@ def test_paper_run_plans_the_full_grid(tmp_path):
     assert jobs["download"] == 3 and jobs["prepare"] == 3
     assert jobs["train"] == 30  # 3 datasets x 2 models x 5 seeds
     assert jobs["bench"] == 6  # 3 datasets (their sizes) x 2 models
-    assert jobs["tables"] == 1 and jobs["all"] == 1
+    assert jobs["tables"] == jobs["figures"] == jobs["report"] == jobs["all"] == 1
 
 
 def test_lint_is_clean():
@@ -106,15 +83,7 @@ def test_conda_envs_are_pinned_and_agree_with_pyproject():
     assert set(declared) - outside <= set(pinned)
 
 
-# --- the demo, end to end --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    folder = copy_workflow(tmp_path_factory.mktemp("demo-workflow"))
-    result = snakemake(folder, "--profile", "profiles/demo")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return folder
+# --- the demo, end to end (the `demo` fixture is in conftest.py) ------------------------------------
 
 
 @pytest.mark.slow
@@ -150,6 +119,8 @@ def test_demo_outputs_meet_the_data_contracts(demo):
     assert table1.startswith("> **Synthetic data.**")
     assert len((root / "reports" / "table1.csv").read_text().splitlines()) == 1 + 6
     assert (root / "logs" / "timing" / "train" / "jsrt" / "unet" / "seed0.tsv").exists()
+    assert (root / "reports" / "report.html").exists() and (root / "reports" / "claims.csv").exists()
+    assert len(list((root / "reports" / "figures").glob("*.svg"))) == 9
 
 
 @pytest.mark.slow
@@ -161,7 +132,7 @@ def test_demo_rerun_does_nothing_and_a_deleted_run_reruns_alone(demo):
     stamps = {p: p.stat().st_mtime_ns for p in runs}
     shutil.rmtree(demo / "demo" / "results" / "jsrt" / "rdiunet" / "seed1")
     plan = snakemake(demo, "--profile", "profiles/demo", "-n")
-    assert planned_jobs(plan.stdout) == {"train": 1, "tables": 1, "all": 1}
+    assert planned_jobs(plan.stdout) == {"train": 1, "tables": 1, "figures": 1, "report": 1, "all": 1}
     result = snakemake(demo, "--profile", "profiles/demo")
     assert result.returncode == 0, result.stderr[-3000:]
     changed = [p for p in runs if p.stat().st_mtime_ns != stamps[p]]

@@ -1,11 +1,14 @@
-# Tables, figures and the HTML report from the whole results tree.
+# Tables, figures and the HTML report from the whole results tree. The outputs are also marked
+# for `snakemake --report` (captions in workflow/report/).
 
 import json
 
 # The resolved configuration (defaults filled in by the schema) is what the report describes.
 CONFIG_JSON = shlex.quote(json.dumps(config))
+TABLES = expand("reports/{table}.{ext}", table=["table1", "table2"], ext=["csv", "md"])
+FIGURE_KINDS = ["dice_curves", "examples", "dice_distribution"]
 
-REPORT_TARGETS = expand("reports/{table}.{ext}", table=["table1", "table2"], ext=["csv", "md"])
+REPORT_TARGETS = TABLES + ["reports/report.html"]
 
 
 rule tables:
@@ -13,7 +16,10 @@ rule tables:
         metrics=all_metrics(),
         bench=all_bench(),
     output:
-        expand("reports/{table}.{ext}", table=["table1", "table2"], ext=["csv", "md"]),
+        report(TABLES[0], caption="../report/table1.rst", category="Tables"),
+        report(TABLES[1], caption="../report/table1.rst", category="Tables"),
+        report(TABLES[2], caption="../report/table2.rst", category="Tables"),
+        report(TABLES[3], caption="../report/table2.rst", category="Tables"),
     log:
         "logs/report/tables.log",
     conda:
@@ -22,3 +28,44 @@ rule tables:
         config=CONFIG_JSON,
     shell:
         "python -m rdiunet.cli tables --results results --config-json {params.config} --out reports > {log} 2>&1"
+
+
+rule figures:
+    input:
+        metrics=all_metrics(),
+        data=expand("data/prepared/{dataset}.npz", dataset=DATASETS),
+    output:
+        png=report(
+            expand("reports/figures/{kind}_{dataset}.png", kind=FIGURE_KINDS, dataset=DATASETS),
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+        svg=expand("reports/figures/{kind}_{dataset}.svg", kind=FIGURE_KINDS, dataset=DATASETS),
+    log:
+        "logs/report/figures.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        config=CONFIG_JSON,
+    shell:
+        "python -m rdiunet.cli figures --results results --data data/prepared --config-json {params.config} "
+        "--out reports/figures > {log} 2>&1"
+
+
+rule report:
+    input:
+        tables=TABLES,
+        figures=rules.figures.output.png,
+        bench=all_bench(),
+    output:
+        html=report("reports/report.html", caption="../report/report.rst", category="Report"),
+        claims=report("reports/claims.csv", caption="../report/claims.rst", category="Report"),
+    log:
+        "logs/report/report.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        config=CONFIG_JSON,
+    shell:
+        "python -m rdiunet.cli report --results results --data data/prepared --figures reports/figures "
+        "--timing logs/timing --config-json {params.config} --out {output.html} > {log} 2>&1"

@@ -1,0 +1,183 @@
+"""Figures: validation-Dice curves (Fig. 8), example predictions (Fig. 7), per-image Dice
+distributions, and GPU power and energy where NVML data exists. Each is saved as PNG (for the
+page) and SVG (for papers)."""
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from rdiunet.data.dataset import load_prepared
+from rdiunet.fileio import atomic_path, read_json
+from rdiunet.metrics import confusion, dice_from_counts
+from rdiunet.models import build
+
+from .collect import Study, run_dir
+
+EXAMPLES = 4
+PALETTE = {"unet": "#1f77b4", "rdiunet": "#d62728"}
+
+
+def colour(model: str) -> str:
+    return PALETTE.get(model, "#555555")
+
+
+def save(figure, out: Path, stem: str) -> list[Path]:
+    paths = []
+    for suffix in ("png", "svg"):
+        path = out / f"{stem}.{suffix}"
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=suffix, dpi=130, bbox_inches="tight")
+        paths.append(path)
+    plt.close(figure)
+    return paths
+
+
+def dice_curves(histories: pd.DataFrame, dataset: str, study: Study, out: Path) -> list[Path]:
+    """Mean validation Dice per epoch with a +-1 SD band over seeds, and the Table 2 threshold."""
+    figure, axes = plt.subplots(figsize=(6.4, 4))
+    for model in study.models:
+        curves = histories[(histories.dataset == dataset) & (histories.model == model)]
+        by_epoch = curves.groupby("epoch")["val_dice"]
+        mean, sd = by_epoch.mean(), by_epoch.std().fillna(0)
+        axes.plot(
+            mean.index, mean, color=colour(model), label=f"{model} (mean of {curves.seed.nunique()} seeds)"
+        )
+        axes.fill_between(mean.index, mean - sd, mean + sd, color=colour(model), alpha=0.2, linewidth=0)
+    threshold = study.threshold(dataset)
+    axes.axhline(
+        threshold, color="black", linestyle="--", linewidth=1, label=f"Table 2 threshold {threshold}"
+    )
+    axes.set(xlabel="epoch", ylabel="validation Dice", title=f"{dataset}: validation Dice", ylim=(0, 1.02))
+    axes.legend(loc="lower right", fontsize=8)
+    axes.grid(alpha=0.3)
+    return save(figure, out, f"dice_curves_{dataset}")
+
+
+def dice_distribution(per_image: pd.DataFrame, dataset: str, study: Study, out: Path) -> list[Path]:
+    """Per-image test Dice (averaged over seeds): a box per model with the images over it."""
+    images = per_image[per_image.dataset == dataset].groupby(["model", "id"], as_index=False)["dice"].mean()
+    order = list(study.models)
+    figure, axes = plt.subplots(figsize=(4.8, 4))
+    sns.boxplot(
+        data=images, x="model", y="dice", order=order, ax=axes, color="white", showfliers=False, width=0.5
+    )
+    sns.stripplot(
+        data=images,
+        x="model",
+        y="dice",
+        order=order,
+        ax=axes,
+        hue="model",
+        palette={m: colour(m) for m in order},
+        size=3,
+        alpha=0.6,
+        jitter=0.2,
+        legend=False,
+    )
+    axes.set(ylabel="test Dice per image (mean over seeds)", xlabel="", title=f"{dataset}: per-image Dice")
+    axes.grid(axis="y", alpha=0.3)
+    return save(figure, out, f"dice_distribution_{dataset}")
+
+
+def predict(results: Path, dataset: str, model: str, seed: int, images: torch.Tensor) -> np.ndarray:
+    """Binary predictions of a run's best weights (on the CPU: a few images only)."""
+    folder = run_dir(results, dataset, model, seed)
+    config = read_json(folder / "run.json")["config"]
+    network = build(config["model"], **config["model_options"])
+    network.load_state_dict(torch.load(folder / "best.pt", map_location="cpu", weights_only=True)["model"])
+    with torch.no_grad():
+        return (network.eval()(images.float() / 255) > 0).numpy()[:, 0]
+
+
+def examples(results: Path, data: Path, dataset: str, study: Study, out: Path) -> list[Path]:
+    """The Fig. 7 analogue: fixed test images (evenly spaced in id order), their ground truth, and
+    each model's prediction (first seed) with its Dice."""
+    test = load_prepared(data / f"{dataset}.npz")["test"]
+    order = np.argsort(test.ids)
+    chosen = order[np.linspace(0, len(order) - 1, min(EXAMPLES, len(order))).round().astype(int)]
+    images, masks = test.images[chosen], test.masks[chosen]
+    seed = study.seeds[0]
+    predictions = {m: predict(results, dataset, m, seed, images) for m in study.models}
+    columns = ["image", "ground truth", *study.models]
+    figure, axes = plt.subplots(
+        len(chosen), len(columns), figsize=(2.2 * len(columns), 2.2 * len(chosen)), squeeze=False
+    )
+    for row, index in enumerate(chosen):
+        image, truth = images[row, 0].numpy(), masks[row, 0].numpy().astype(bool)
+        axes[row, 0].imshow(image, cmap="gray")
+        axes[row, 0].set_ylabel(test.ids[index], fontsize=7)
+        axes[row, 1].imshow(truth, cmap="gray")
+        for column, model in enumerate(study.models, start=2):
+            pred = predictions[model][row].astype(bool)
+            score = float(
+                dice_from_counts(confusion(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None]))[0]
+            )
+            overlay = np.stack([image / 255] * 3, axis=-1) * 0.7
+            overlay[pred] = overlay[pred] * 0.4 + np.array([1.0, 0.2, 0.2]) * 0.6
+            axes[row, column].imshow(overlay)
+            axes[row, column].contour(truth, levels=[0.5], colors=["#2ca02c"], linewidths=0.8)
+            axes[row, column].set_xlabel(f"Dice {score:.3f}", fontsize=7)
+    for column, title in enumerate(columns):
+        axes[0, column].set_title(title, fontsize=9)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(
+        f"{dataset}: test examples, seed {seed} (red: prediction, green: ground truth outline)", fontsize=9
+    )
+    return save(figure, out, f"examples_{dataset}")
+
+
+def gpu_power(results: Path, dataset: str, study: Study, out: Path) -> list[Path]:
+    """Power over training time per model (first seed) and energy per run; nothing without NVML data."""
+    traces, energies = {}, []
+    for model in study.models:
+        for seed in study.seeds:
+            folder = run_dir(results, dataset, model, seed)
+            samples = pd.read_csv(folder / "gpu.csv") if (folder / "gpu.csv").exists() else pd.DataFrame()
+            if seed == study.seeds[0] and not samples.empty and samples.power_w.notna().any():
+                traces[model] = samples.assign(minutes=(samples.time - samples.time.iloc[0]) / 60)
+            energy = (read_json(folder / "metrics.json").get("gpu") or {}).get("energy_j_total")
+            if energy is not None:
+                energies.append({"model": model, "seed": seed, "energy_kj": energy / 1000})
+    if not traces:
+        return []
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for model, trace in traces.items():
+        left.plot(trace.minutes, trace.power_w, color=colour(model), label=model, linewidth=0.8)
+    left.set(
+        xlabel="training time (min)", ylabel="GPU power (W)", title=f"{dataset}: power, seed {study.seeds[0]}"
+    )
+    left.legend(fontsize=8)
+    if energies:
+        frame = pd.DataFrame(energies)
+        sns.barplot(
+            data=frame,
+            x="model",
+            y="energy_kj",
+            hue="model",
+            ax=right,
+            errorbar="sd",
+            palette={m: colour(m) for m in frame.model.unique()},
+            legend=False,
+        )
+        right.set(ylabel="energy per training run (kJ)", xlabel="", title="energy per run (mean ± SD)")
+    return save(figure, out, f"gpu_power_{dataset}")
+
+
+def all_figures(
+    results: Path, data: Path, histories: pd.DataFrame, per_image: pd.DataFrame, study: Study, out: Path
+) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", context="paper")
+    paths = []
+    for dataset in study.datasets:
+        paths += dice_curves(histories, dataset, study, out)
+        paths += examples(results, data, dataset, study, out)
+        paths += dice_distribution(per_image, dataset, study, out)
+        paths += gpu_power(results, dataset, study, out)
+    return paths

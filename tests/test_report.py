@@ -1,0 +1,300 @@
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, assert_one_line_error, run_cli
+
+from rdiunet.report import claims as claim_rules
+
+CONFIG = {
+    "synthetic": True,
+    "datasets": {"jsrt": {"threshold": 0.9}, "isic": {"threshold": 0.75}},
+    "models": {"unet": {}, "rdiunet": {}},
+    "seeds": [0, 1],
+    "stability_drop": 0.05,
+}
+# Hand-made runs: (dataset, model, seed) -> test Dice, IoU, HD95 and the validation-Dice history.
+RUNS = {
+    ("jsrt", "unet", 0): (0.90, 0.82, 3.0, [0.5, 0.92, 0.85, 0.91]),  # one drop; converges at 2
+    ("jsrt", "unet", 1): (0.94, 0.88, 5.0, [0.6, 0.7, 0.8, 0.85]),  # never above 0.9
+    ("jsrt", "rdiunet", 0): (0.96, 0.92, 2.0, [0.7, 0.95, 0.96, 0.97]),
+    ("jsrt", "rdiunet", 1): (0.98, 0.96, 1.0, [0.91, 0.93, 0.88, 0.95]),  # 0.93 -> 0.88: a drop
+    ("isic", "unet", 0): (0.70, 0.60, 8.0, [0.5, 0.8, 0.75, 0.70]),  # two drops of exactly 0.05
+    ("isic", "unet", 1): (0.72, 0.62, 9.0, [0.5, 0.6, 0.76, 0.8]),
+    ("isic", "rdiunet", 0): (0.80, 0.70, 4.0, [0.76, 0.77, 0.78, 0.79]),
+    ("isic", "rdiunet", 1): (0.82, 0.72, 6.0, [0.6, 0.7, 0.8, 0.81]),
+}
+BENCH = {"unet": (15_326_529, 13.17, 30.0), "rdiunet": (5_850_241, 3.87, 20.0)}  # params, GFLOPs, ms
+
+
+def write_tree(root: Path, models=("unet", "rdiunet")) -> Path:
+    results = root / "results"
+    for (dataset, model, seed), (dice, iou, hd, curve) in RUNS.items():
+        name = dict(zip(("unet", "rdiunet"), models, strict=True))[model]
+        run = results / dataset / name / f"seed{seed}"
+        run.mkdir(parents=True, exist_ok=True)
+        metrics = {
+            "dice": dice,
+            "iou": iou,
+            "dice_dataset": dice + 0.01,
+            "iou_dataset": iou + 0.01,
+            "hd95_median": hd,
+            "hd95_undefined": 0,
+            "gt_empty": 0,
+            "false_positive_on_empty": 0,
+            "best_epoch": 4,
+            "gpu": {"available": False, "reason": "device is cpu, not a GPU"},
+        }
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        pd.DataFrame({"epoch": range(1, 5), "val_dice": curve}).to_csv(run / "history.csv", index=False)
+        pd.DataFrame({"id": ["a", "b", "c"], "dice": [dice - 0.01, dice, dice + 0.01]}).to_csv(
+            run / "per_image.csv", index=False
+        )
+        params, gflops, ms = BENCH[model]
+        bench = {
+            "params": params,
+            "gflops_per_image": gflops,
+            "latency_ms": {"median": ms, "p90": ms + 1, "p99": ms + 2},
+            "throughput": [{"batch_size": 8, "images_per_s": 1000 / ms * 4}],
+            "environment": {"device_name": "Test CPU"},
+        }
+        (results / dataset / name / "bench.json").write_text(json.dumps(bench))
+    return results
+
+
+def tables_cli(root: Path, config=CONFIG):
+    return run_cli(
+        "tables",
+        "--results",
+        root / "results",
+        "--config-json",
+        json.dumps(config),
+        "--out",
+        root / "reports",
+    )
+
+
+def test_table_values_are_recomputed_from_the_results_tree(tmp_path):
+    write_tree(tmp_path)
+    result = tables_cli(tmp_path)
+    assert result.returncode == 0, result.stderr
+    table1 = pd.read_csv(tmp_path / "reports" / "table1.csv").set_index(["dataset", "model"])
+    row = table1.loc[("jsrt", "unet")]
+    assert row.dice_mean == pytest.approx(0.92)
+    assert row.dice_sd == pytest.approx(np.std([0.90, 0.94], ddof=1))
+    assert row.iou_mean == pytest.approx(0.85)
+    assert row.dice_dataset_mean == pytest.approx(0.93)
+    assert row.hd95_mean == pytest.approx(4.0)
+    assert row.paper_dice == 0.958 and row.delta_dice == pytest.approx(0.92 - 0.958)
+    assert row.ms_median == 30.0 and row.paper_ms == 106.8
+    assert row.params == 15_326_529 and row.delta_params == 15_326_529 - 15.6e6
+    assert table1.loc[("isic", "rdiunet")].dice_mean == pytest.approx(0.81)
+    assert list(table1.index.get_level_values(0).unique()) == ["jsrt", "isic"]  # the config's order
+
+    table2 = pd.read_csv(tmp_path / "reports" / "table2.csv").set_index(["dataset", "model"])
+    assert table2.loc[("jsrt", "unet")].stability_per_seed == "1;0"
+    assert table2.loc[("jsrt", "unet")].convergence_per_seed == "2;none"
+    assert table2.loc[("jsrt", "unet")].converged_seeds == 1
+    assert table2.loc[("jsrt", "rdiunet")].stability_per_seed == "0;1"
+    assert table2.loc[("jsrt", "rdiunet")].convergence_per_seed == "2;1"
+    assert table2.loc[("isic", "unet")].stability_per_seed == "2;0"
+    assert table2.loc[("isic", "unet")].stability_mean == pytest.approx(1.0)
+    assert table2.loc[("isic", "unet")].paper_stability == 15
+    assert (tmp_path / "reports" / "table1.md").read_text().startswith("> **Synthetic data.**")
+
+
+def test_missing_result_is_a_one_line_error(tmp_path):
+    write_tree(tmp_path)
+    (tmp_path / "results" / "isic" / "rdiunet" / "seed1" / "metrics.json").unlink()
+    assert_one_line_error(tables_cli(tmp_path), "isic/rdiunet/seed1/metrics.json is missing")
+
+
+# --- claim verdicts on constructed cases ----------------------------------------------------------
+
+
+def constructed(difference: float, noise: float, seeds: int = 5, images: int = 40):
+    """Runs and per-image scores where RDIU-Net = U-Net + difference (+ noise)."""
+    rng = np.random.default_rng(0)
+    runs, per_image = [], []
+    base_images = rng.uniform(0.6, 0.9, images)
+    for seed in range(seeds):
+        for model, shift in (("unet", 0.0), ("rdiunet", difference)):
+            scores = base_images + shift + rng.normal(0, noise, images)
+            runs.append({"dataset": "d", "model": model, "seed": seed, "dice": scores.mean()})
+            per_image += [
+                {"dataset": "d", "model": model, "seed": seed, "id": f"i{k}", "dice": s}
+                for k, s in enumerate(scores)
+            ]
+    return pd.DataFrame(runs), pd.DataFrame(per_image)
+
+
+@pytest.mark.parametrize(
+    "difference,noise,seeds,expected",
+    [
+        (0.05, 0.01, 5, "reproduced"),  # clearly better on every seed and image
+        (-0.05, 0.01, 5, "not reproduced"),  # clearly worse
+        (0.0, 0.05, 5, "inconclusive"),  # noise only
+        (0.05, 0.01, 3, "inconclusive"),  # clearly better, but too few seeds to say
+    ],
+)
+def test_accuracy_verdicts(difference, noise, seeds, expected):
+    runs, per_image = constructed(difference, noise, seeds)
+    verdict = claim_rules.accuracy("d", runs, per_image)
+    assert verdict.verdict == expected, verdict.evidence
+
+
+def counts_runs(unet, rdiunet, column):
+    rows = [
+        {"dataset": "d", "model": m, "seed": s, column: v, "epochs": 50}
+        for m, values in (("unet", unet), ("rdiunet", rdiunet))
+        for s, v in enumerate(values)
+    ]
+    frame = pd.DataFrame(rows)
+    if column == "stability":
+        frame["convergence"] = None
+    return frame
+
+
+def test_stability_and_convergence_verdicts():
+    better = counts_runs([5, 4, 6, 5, 7], [0, 1, 0, 2, 1], "stability")
+    assert claim_rules.fewer_is_better("stability", "d", better).verdict == "reproduced"
+    worse = counts_runs([0, 1, 0, 2, 1], [5, 4, 6, 5, 7], "stability")
+    assert claim_rules.fewer_is_better("stability", "d", worse).verdict == "not reproduced"
+    equal = counts_runs([1, 1, 1, 1, 1], [1, 1, 1, 1, 1], "stability")
+    assert claim_rules.fewer_is_better("stability", "d", equal).verdict == "not reproduced"
+    few = counts_runs([5, 4], [0, 1], "stability")
+    assert claim_rules.fewer_is_better("stability", "d", few).verdict == "inconclusive"
+    # A run that never converges counts as epochs + 1 = 51: RDIU-Net still converges sooner.
+    converge = counts_runs([36, None, 40, 38, 41], [17, 20, 18, 19, 25], "convergence")
+    verdict = claim_rules.fewer_is_better("convergence", "d", converge)
+    assert verdict.verdict == "reproduced" and "51" in verdict.evidence
+
+
+def test_speed_and_parameter_verdicts():
+    benches = pd.DataFrame(
+        [
+            {"dataset": "d", "model": "unet", "ms_median": 30.0, "params": 15_000_000, "device": "GPU"},
+            {"dataset": "d", "model": "rdiunet", "ms_median": 22.0, "params": 5_900_000, "device": "GPU"},
+            {"dataset": "e", "model": "unet", "ms_median": 30.0, "params": 15_000_000, "device": "GPU"},
+            {"dataset": "e", "model": "rdiunet", "ms_median": 27.0, "params": 5_900_000, "device": "GPU"},
+        ]
+    )
+    assert claim_rules.speed("d", benches).verdict == "reproduced"  # 27% faster
+    assert claim_rules.speed("e", benches).verdict == "not reproduced"  # 10% faster
+    assert claim_rules.parameters(benches).verdict == "reproduced"  # 60.7% fewer
+
+
+def test_overall_verdict():
+    v = claim_rules.Verdict
+    assert (
+        claim_rules.overall(
+            "speed", [v("speed", "a", "reproduced", ""), v("speed", "b", "reproduced", "")]
+        ).verdict
+        == "reproduced"
+    )
+    assert (
+        claim_rules.overall(
+            "speed", [v("speed", "a", "reproduced", ""), v("speed", "b", "inconclusive", "")]
+        ).verdict
+        == "inconclusive"
+    )
+    assert (
+        claim_rules.overall(
+            "speed", [v("speed", "a", "not reproduced", ""), v("speed", "b", "reproduced", "")]
+        ).verdict
+        == "not reproduced"
+    )
+
+
+# --- the HTML page --------------------------------------------------------------------------------
+
+HOSTILE = '<img src=x onerror="alert(1)">'
+
+
+def test_html_escapes_hostile_model_names(tmp_path):
+    write_tree(tmp_path, models=("unet", HOSTILE))
+    config = {**CONFIG, "models": {"unet": {}, HOSTILE: {"note": "<script>alert(2)</script>"}}}
+    out = tmp_path / "reports" / "report.html"
+    result = run_cli(
+        "report",
+        "--results",
+        tmp_path / "results",
+        "--config-json",
+        json.dumps(config),
+        "--figures",
+        tmp_path / "none",
+        "--data",
+        tmp_path / "none",
+        "--timing",
+        tmp_path / "none",
+        "--out",
+        out,
+    )
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert HOSTILE not in page and "<script>alert(2)" not in page
+    assert "&lt;img src=x onerror=" in page
+    assert "Synthetic data." in page
+    assert "model rdiunet was not run" in page  # the hostile name replaced the paper's model
+
+
+def chromium_paths():
+    return shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not all(chromium_paths()) and not os.environ.get("CI"),
+    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+)
+def test_report_in_headless_chromium(demo):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = chromium_paths()
+    assert browser and driver_path, "CI must install chromium and chromium-driver"
+    page = demo / "demo" / "reports" / "report.html"
+    options = Options()
+    options.binary_location = browser
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(page.as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])"
+        )
+        assert len(images) == 9  # 3 datasets x (curves, examples, distribution)
+        assert all(complete and width > 0 for complete, width, _ in images), images
+        assert all(src.startswith("data:image/png;base64") for _, _, src in images)
+        network = driver.execute_script(
+            "return performance.getEntriesByType('resource').filter(e => !e.name.startsWith('data:'))"
+            ".map(e => e.name)"
+        )
+        assert network == []  # self-contained: nothing fetched
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert severe == []
+        assert "Synthetic data." in driver.find_element("css selector", ".banner").text
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1280, min(height, 16000))
+        artifacts = Path(os.environ.get("RDIUNET_TEST_ARTIFACTS", REPO / "test-artifacts"))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(artifacts / "report.png"))
+    finally:
+        driver.quit()
