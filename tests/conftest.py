@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# tests/slurm/ holds the helper that runs the one-node test cluster.
+sys.path.insert(0, str(Path(__file__).parent))
+
 from rdiunet.data.synthetic import synthesize
 
 

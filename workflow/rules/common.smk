@@ -1,5 +1,6 @@
 # Configuration checks, wildcard constraints and target helpers shared by every rule file.
 
+import os
 import shlex
 
 from snakemake.utils import validate
@@ -8,7 +9,9 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml")
 
 
-workdir: config["workdir"]
+# Absolute, relative to the Snakefile's folder: remote (Slurm) jobs start inside the working
+# directory already, and a relative path would be applied a second time there.
+workdir: os.path.join(workflow.basedir, config["workdir"])
 
 
 DATASETS = list(config["datasets"])

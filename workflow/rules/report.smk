@@ -11,6 +11,13 @@ FIGURE_KINDS = ["dice_curves", "examples", "dice_distribution"]
 REPORT_TARGETS = TABLES + ["reports/report.html"]
 
 
+# Light work that reads the whole results tree: never worth a cluster job.
+localrules:
+    tables,
+    figures,
+    report,
+
+
 rule tables:
     input:
         metrics=all_metrics(),
