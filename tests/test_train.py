@@ -215,6 +215,10 @@ def train_cli(data, out, epochs, *extra):
     ]
 
 
+def run_train(command) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def start_and_interrupt(command, out, rows_before, sig):
     """Start training, wait until `rows_before` epochs are logged, then send `sig`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -233,9 +237,7 @@ def start_and_interrupt(command, out, rows_before, sig):
 @pytest.fixture(scope="module")
 def uninterrupted(jsrt64, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    result = subprocess.run(
-        train_cli(jsrt64, out, 5), capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    result = run_train(train_cli(jsrt64, out, 5))
     assert result.returncode == 0, result.stderr
     return history(out)
 
@@ -245,12 +247,7 @@ def test_killed_run_resumes_to_the_same_history(jsrt64, tmp_path, uninterrupted)
     code, _ = start_and_interrupt(train_cli(jsrt64, tmp_path, 5), tmp_path, 2, signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert 2 <= len(history(tmp_path)) < 5  # really killed mid-run
-    result = subprocess.run(
-        train_cli(jsrt64, tmp_path, 5),
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    result = run_train(train_cli(jsrt64, tmp_path, 5))
     assert result.returncode == 0, result.stderr
     assert "resuming from" in result.stderr
     assert history(tmp_path) == uninterrupted
@@ -264,12 +261,7 @@ def test_sigterm_saves_a_checkpoint_mid_epoch_and_resumes(jsrt64, tmp_path, unin
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["batch"] > 0  # stopped inside an epoch, not at its end
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "preempted"
-    result = subprocess.run(
-        train_cli(jsrt64, tmp_path, 5),
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    result = run_train(train_cli(jsrt64, tmp_path, 5))
     assert result.returncode == 0, result.stderr
     assert f"batch {state['batch']}" in result.stderr
     assert history(tmp_path) == uninterrupted

@@ -37,6 +37,13 @@ class Study:
     def threshold(self, dataset: str) -> float:
         return self.datasets[dataset]["threshold"]
 
+    def runs(self):
+        """(dataset, model, seed) of every training run, in the configuration's order."""
+        for dataset in self.datasets:
+            for model in self.models:
+                for seed in self.seeds:
+                    yield dataset, model, seed
+
 
 def run_dir(results: Path, dataset: str, model: str, seed: int) -> Path:
     return results / dataset / model / f"seed{seed}"
@@ -60,54 +67,51 @@ def read_csv(path: Path) -> pd.DataFrame:
 def runs(results: Path, study: Study) -> pd.DataFrame:
     """One row per dataset x model x seed: test metrics, energy, stability and convergence."""
     rows = []
-    for dataset in study.datasets:
-        for model in study.models:
-            for seed in study.seeds:
-                folder = run_dir(results, dataset, model, seed)
-                metrics = read_json(folder / "metrics.json")
-                dice = read_csv(folder / "history.csv")["val_dice"].tolist()
-                gpu = metrics.get("gpu") or {}
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "model": model,
-                        "seed": seed,
-                        "dice": metrics["dice"],
-                        "iou": metrics["iou"],
-                        "dice_dataset": metrics["dice_dataset"],
-                        "iou_dataset": metrics["iou_dataset"],
-                        "hd95": metrics["hd95_median"],
-                        "hd95_undefined": metrics["hd95_undefined"],
-                        "gt_empty": metrics["gt_empty"],
-                        "false_positive_on_empty": metrics["false_positive_on_empty"],
-                        "best_epoch": metrics["best_epoch"],
-                        "epochs": len(dice),
-                        "energy_j": gpu.get("energy_j_total"),
-                        "stability": stability(dice, study.stability_drop),
-                        "convergence": convergence(dice, study.threshold(dataset)),
-                    }
-                )
+    for dataset, model, seed in study.runs():
+        folder = run_dir(results, dataset, model, seed)
+        metrics = read_json(folder / "metrics.json")
+        dice = read_csv(folder / "history.csv")["val_dice"].tolist()
+        gpu = metrics.get("gpu") or {}
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "seed": seed,
+                "dice": metrics["dice"],
+                "iou": metrics["iou"],
+                "dice_dataset": metrics["dice_dataset"],
+                "iou_dataset": metrics["iou_dataset"],
+                "hd95": metrics["hd95_median"],
+                "hd95_undefined": metrics["hd95_undefined"],
+                "gt_empty": metrics["gt_empty"],
+                "false_positive_on_empty": metrics["false_positive_on_empty"],
+                "best_epoch": metrics["best_epoch"],
+                "epochs": len(dice),
+                "energy_j": gpu.get("energy_j_total"),
+                "stability": stability(dice, study.stability_drop),
+                "convergence": convergence(dice, study.threshold(dataset)),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def histories(results: Path, study: Study) -> pd.DataFrame:
-    frames = []
-    for dataset in study.datasets:
-        for model in study.models:
-            for seed in study.seeds:
-                frame = read_csv(run_dir(results, dataset, model, seed) / "history.csv")
-                frames.append(frame.assign(dataset=dataset, model=model, seed=seed))
+def stacked(results: Path, study: Study, name: str) -> pd.DataFrame:
+    """One CSV of every run folder, stacked, with dataset, model and seed columns added."""
+    frames = [
+        read_csv(run_dir(results, dataset, model, seed) / name).assign(
+            dataset=dataset, model=model, seed=seed
+        )
+        for dataset, model, seed in study.runs()
+    ]
     return pd.concat(frames, ignore_index=True)
+
+
+def histories(results: Path, study: Study) -> pd.DataFrame:
+    return stacked(results, study, "history.csv")
 
 
 def per_image(results: Path, study: Study) -> pd.DataFrame:
-    frames = []
-    for dataset in study.datasets:
-        for model in study.models:
-            for seed in study.seeds:
-                frame = read_csv(run_dir(results, dataset, model, seed) / "per_image.csv")
-                frames.append(frame.assign(dataset=dataset, model=model, seed=seed))
-    return pd.concat(frames, ignore_index=True)
+    return stacked(results, study, "per_image.csv")
 
 
 def benches(results: Path, study: Study) -> pd.DataFrame:

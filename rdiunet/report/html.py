@@ -66,20 +66,14 @@ def rule_times(timing: Path) -> list[dict]:
 
 def provenance(results: Path, data: Path, study: Study) -> dict:
     environments, devices, commits, settings = [], set(), set(), set()
-    for dataset in study.datasets:
-        for model in study.models:
-            for seed in study.seeds:
-                run_file = run_dir(results, dataset, model, seed) / "run.json"
-                if run_file.exists():
-                    run = read_json(run_file)
-                    environments.append(run["environment"])
-                    devices.add(run["environment"]["device_name"])
-                    commits.add(run["environment"].get("git_commit") or "unknown")
-                    settings.add(json.dumps(run["settings"], sort_keys=True))
-            bench_file = results / dataset / model / "bench.json"
-            if bench_file.exists():
-                bench = read_json(bench_file)
-                devices.add(bench["environment"]["device_name"])
+    for dataset, model, seed in study.runs():
+        run_file = run_dir(results, dataset, model, seed) / "run.json"
+        if run_file.exists():
+            run = read_json(run_file)
+            environments.append(run["environment"])
+            devices.add(run["environment"]["device_name"])
+            commits.add(run["environment"].get("git_commit") or "unknown")
+            settings.add(json.dumps(run["settings"], sort_keys=True))
     first = environments[0] if environments else {}
     versions = {k: first.get(k) for k in ("rdiunet", "python", "torch", "numpy", "cuda", "cudnn", "platform")}
     checksums = []
@@ -96,7 +90,9 @@ def provenance(results: Path, data: Path, study: Study) -> dict:
         for model in study.models:
             bench_file = results / dataset / model / "bench.json"
             if bench_file.exists():
-                driver = driver or read_json(bench_file)["environment"].get("driver")
+                bench = read_json(bench_file)["environment"]
+                devices.add(bench["device_name"])
+                driver = driver or bench.get("driver")
     return {
         "versions": versions,
         "devices": sorted(devices),
