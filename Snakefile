@@ -6,12 +6,15 @@
 # WHAT runs is config.yaml (validated against workflow/schemas/config.schema.yaml); HOW it runs
 # (cores, cluster, demo sizes) lives in profiles/.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# Absolute: the working directory changes (config `workdir`) and the report re-reads it.
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -15,7 +15,7 @@ from slurm import cluster
 
 pytestmark = pytest.mark.slow
 
-DEMO_CONFIG = ("--configfile", "config.yaml", "profiles/demo/demo.yaml")
+DEMO_CONFIG = ("--configfile", "profiles/demo/demo.yaml")
 # Test-cluster overrides: no slurmdbd, so squeue reports job states (MinJobAge keeps them), and
 # short polling intervals keep the test fast.
 TEST_CLUSTER = (

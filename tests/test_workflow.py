@@ -1,5 +1,6 @@
 import re
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -121,6 +122,14 @@ def test_demo_outputs_meet_the_data_contracts(demo):
     assert (root / "logs" / "timing" / "train" / "jsrt" / "unet" / "seed0.tsv").exists()
     assert (root / "reports" / "report.html").exists() and (root / "reports" / "claims.csv").exists()
     assert len(list((root / "reports" / "figures").glob("*.svg"))) == 9
+
+
+@pytest.mark.slow
+def test_snakemake_report_collects_the_marked_outputs(demo, tmp_path):
+    result = snakemake(demo, "--profile", "profiles/demo", "--report", str(tmp_path / "report.zip"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    assert any(n.endswith("report.html") for n in names) and any(n.endswith("table1.md") for n in names)
 
 
 @pytest.mark.slow
