@@ -157,6 +157,16 @@ def rezip(source: Path, target: Path, edit) -> Path:
     return target
 
 
+def hostile_raw(tmp_path: Path, source: Path, edit, keep: tuple[Path, ...] = ()) -> Path:
+    """A raw folder holding `source` rewritten by `edit`, plus untouched copies of `keep`."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rezip(source, raw / source.name, edit)
+    for path in keep:
+        (raw / path.name).write_bytes(path.read_bytes())
+    return raw
+
+
 def prepare_cli(dataset, raw, out, *extra):
     result = run_cli("prepare", "--dataset", dataset, "--raw", raw, "--out", out, "--workers", "1", *extra)
     leftovers = [p.name for p in Path(out).parent.iterdir()] if Path(out).parent.exists() else []
@@ -180,11 +190,9 @@ def test_truncated_archive(synthetic_raw, tmp_path):
 
 
 def test_image_without_mask_is_named(synthetic_raw, tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    rezip(
+    raw = hostile_raw(
+        tmp_path,
         synthetic_raw["jsrt"] / "Segmentation01.zip",
-        raw / "Segmentation01.zip",
         lambda name, payload: [] if name.endswith("train/label/003.png") else [(name, payload)],
     )
     result, files = prepare_cli("jsrt", raw, tmp_path / "out" / "jsrt.npz")
@@ -193,9 +201,6 @@ def test_image_without_mask_is_named(synthetic_raw, tmp_path):
 
 
 def test_mask_of_another_size(synthetic_raw, tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-
     def shrink(name, payload):
         if name.endswith("train/label/002.png"):
             buffer = io.BytesIO()
@@ -203,21 +208,18 @@ def test_mask_of_another_size(synthetic_raw, tmp_path):
             payload = buffer.getvalue()
         return [(name, payload)]
 
-    rezip(synthetic_raw["jsrt"] / "Segmentation01.zip", raw / "Segmentation01.zip", shrink)
+    raw = hostile_raw(tmp_path, synthetic_raw["jsrt"] / "Segmentation01.zip", shrink)
     result, files = prepare_cli("jsrt", raw, tmp_path / "out" / "jsrt.npz")
     assert_one_line_error(result, "label/002.png is 200x256", "256x256")
     assert files == []
 
 
 def test_undecodable_image(synthetic_raw, tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for name in ("ISIC2018_Task1_Training_GroundTruth.zip",):
-        (raw / name).write_bytes((synthetic_raw["isic"] / name).read_bytes())
-    rezip(
+    raw = hostile_raw(
+        tmp_path,
         synthetic_raw["isic"] / "ISIC2018_Task1-2_Training_Input.zip",
-        raw / "ISIC2018_Task1-2_Training_Input.zip",
         lambda name, payload: [(name, payload[:300] if name.endswith("0000004.jpg") else payload)],
+        keep=(synthetic_raw["isic"] / "ISIC2018_Task1_Training_GroundTruth.zip",),
     )
     result, files = prepare_cli("isic", raw, tmp_path / "out" / "isic.npz")
     assert_one_line_error(result, "ISIC_0000004.jpg")
@@ -225,11 +227,9 @@ def test_undecodable_image(synthetic_raw, tmp_path):
 
 
 def test_nerve_competition_zip_with_escaping_member(synthetic_raw, tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    rezip(
+    raw = hostile_raw(
+        tmp_path,
         synthetic_raw["nerve"] / "ultrasound-nerve-segmentation.zip",
-        raw / "ultrasound-nerve-segmentation.zip",
         lambda name, payload: [("../../train.zip" if name == "train.zip" else name, payload)],
     )
     result, files = prepare_cli("nerve", raw, tmp_path / "out" / "nerve.npz")

@@ -104,11 +104,16 @@ def test_table_values_are_recomputed_from_the_results_tree(tmp_path):
     assert table2.loc[("isic", "unet")].stability_per_seed == "2;0"
     assert table2.loc[("isic", "unet")].stability_mean == pytest.approx(1.0)
     assert table2.loc[("isic", "unet")].paper_stability == 15
+    assert table2.loc[("isic", "unet")].delta_stability == pytest.approx(1.0 - 15)
+    assert table2.loc[("jsrt", "rdiunet")].convergence_mean == pytest.approx(1.5)
+    assert table2.loc[("jsrt", "rdiunet")].delta_convergence == pytest.approx(1.5 - 34)
     assert (tmp_path / "reports" / "table1.md").read_text().startswith("> **Synthetic data.**")
 
 
-def test_missing_result_is_a_one_line_error(tmp_path):
+def test_missing_result_or_threshold_is_a_one_line_error(tmp_path):
     write_tree(tmp_path)
+    no_threshold = {**CONFIG, "datasets": {"jsrt": {}, "isic": {"threshold": 0.75}}}
+    assert_one_line_error(tables_cli(tmp_path, no_threshold), "no Table 2 threshold for dataset 'jsrt'")
     (tmp_path / "results" / "isic" / "rdiunet" / "seed1" / "metrics.json").unlink()
     assert_one_line_error(tables_cli(tmp_path), "isic/rdiunet/seed1/metrics.json is missing")
 

@@ -24,6 +24,9 @@ class Study:
     @classmethod
     def from_config(cls, config: dict) -> "Study":
         try:
+            for name, settings in config["datasets"].items():
+                if "threshold" not in settings:
+                    raise UserError(f"the configuration gives no Table 2 threshold for dataset '{name}'")
             return cls(
                 datasets=config["datasets"],
                 models=config["models"],

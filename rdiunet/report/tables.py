@@ -16,9 +16,13 @@ from rdiunet.fileio import atomic_path
 from .collect import Study
 
 
+def missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def mean_sd(values) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value), ignoring missing values."""
-    clean = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    clean = [float(v) for v in values if not missing(v)]
     if not clean:
         return math.nan, math.nan
     return float(np.mean(clean)), float(np.std(clean, ddof=1)) if len(clean) > 1 else 0.0
@@ -77,6 +81,7 @@ def table2(runs: pd.DataFrame, study: Study) -> pd.DataFrame:
                     "stability_mean": stability_mean,
                     "stability_sd": stability_sd,
                     "paper_stability": reported.get("stability", math.nan),
+                    "delta_stability": stability_mean - reported.get("stability", math.nan),
                     "convergence_per_seed": ";".join(
                         "none" if c is None or pd.isna(c) else str(int(c)) for c in group.convergence
                     ),
@@ -84,25 +89,26 @@ def table2(runs: pd.DataFrame, study: Study) -> pd.DataFrame:
                     "convergence_mean": convergence_mean,
                     "convergence_sd": convergence_sd,
                     "paper_convergence": reported.get("convergence", math.nan),
+                    "delta_convergence": convergence_mean - reported.get("convergence", math.nan),
                 }
             )
     return pd.DataFrame(rows)
 
 
 def fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if missing(value):
         return "–"
     return f"{value:.{digits}f}"
 
 
 def pm(mean, sd, digits: int = 3) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    if missing(mean):
         return "–"
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
 def signed(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if missing(value):
         return "–"
     return f"{value:+.{digits}f}"
 
@@ -171,9 +177,11 @@ def table2_markdown(frame: pd.DataFrame) -> str:
         "stability per seed",
         "stability",
         "paper",
+        "Δ",
         "convergence per seed",
         "convergence",
         "paper",
+        "Δ",
     ]
     rows = [
         [
@@ -184,6 +192,7 @@ def table2_markdown(frame: pd.DataFrame) -> str:
             r.stability_per_seed,
             pm(r.stability_mean, r.stability_sd, 1),
             fmt(r.paper_stability, 0),
+            signed(r.delta_stability, 1),
             r.convergence_per_seed,
             pm(r.convergence_mean, r.convergence_sd, 1)
             + (
@@ -192,6 +201,7 @@ def table2_markdown(frame: pd.DataFrame) -> str:
                 else ""
             ),
             fmt(r.paper_convergence, 0),
+            signed(r.delta_convergence, 1),
         ]
         for r in frame.itertuples()
     ]
