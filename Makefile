@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint venv clean
+.PHONY: test test-fast demo lint venv clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# Everything but the tests marked slow (the demo DAG, Slurm, Chromium, kill-and-resume, Snakemake
+# itself): under 2 minutes on two cores.
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not slow"
 
 # The whole DAG on synthetic stand-ins, CPU-sized; outputs in demo/ (report: demo/reports/).
 demo: $(STAMP)

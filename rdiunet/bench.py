@@ -12,17 +12,24 @@ import copy
 import resource
 import statistics
 import time
-from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from rdiunet.errors import UserError
+from rdiunet.fileio import write_json
 from rdiunet.gpu import GpuSampler, driver_version
+from rdiunet.models import build
 from rdiunet.provenance import environment, now
+from rdiunet.runtime import DTYPE_NAMES, Runtime, make_runtime
+from rdiunet.settings import BenchSettings
 
 INPUT_POOL = 8
+GPU_BATCH_SIZES = (1, 8, 64, 256)
+CPU_BATCH_SIZES = (1, 8)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -42,6 +49,19 @@ def count_flops(model: nn.Module, size: int, in_channels: int = 1) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         shape_only(image)
     return counter.get_total_flops()
+
+
+def model_costs(sizes: tuple[int, ...] = (128, 256)) -> list[dict]:
+    """Parameters and GFLOPs of every registered model in its default configuration (`rdiunet info`)."""
+    from rdiunet.models import names
+
+    rows = []
+    for name in names():
+        model = build(name)
+        row = {"name": name, "params": count_parameters(model)}
+        row.update({f"gflops_{size}": count_flops(model, size) / 1e9 for size in sizes})
+        rows.append(row)
+    return rows
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,42 +88,36 @@ class Timer:
         return (time.perf_counter() - start) * 1000
 
 
-def input_pool(batch: int, size: int, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+def input_pool(batch: int, size: int, runtime: Runtime) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(batch)
     pool = [torch.rand(batch, 1, size, size, generator=generator) for _ in range(INPUT_POOL)]
-    pool = [x.to(device) for x in pool]
-    return [x.contiguous(memory_format=torch.channels_last) for x in pool] if channels_last else pool
+    return [runtime.prepare_input(x.to(runtime.device)) for x in pool]
 
 
 def bench_model(
     model: nn.Module,
     size: int,
-    device: torch.device,
-    batch_sizes: tuple[int, ...] = (1, 8),
-    runs: int = 200,
-    warmup: int = 20,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
+    runtime: Runtime,
+    batch_sizes: tuple[int, ...],
+    runs: int,
+    warmup: int,
     compile: bool = False,
     throughput_seconds: float = 2.0,
 ) -> dict:
     """Latency at batch 1 and throughput at each larger batch size of an eval-mode model."""
-    model = model.to(device).eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    device = runtime.device
+    model = runtime.prepare_model(model).eval()
     runner = torch.compile(model) if compile else model
-    autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     timer = Timer(device)
-    cuda = device.type == "cuda"
-    if cuda:
+    if runtime.cuda:
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def forward(x):
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), runtime.autocast():
             runner(x)
 
-    pool = input_pool(1, size, device, channels_last)
+    pool = input_pool(1, size, runtime)
     for i in range(warmup):
         forward(pool[i % INPUT_POOL])
     latencies = [timer(lambda i=i: forward(pool[i % INPUT_POOL])) for i in range(runs)]
@@ -122,7 +136,7 @@ def bench_model(
     throughput = []
     for batch in [b for b in batch_sizes if b > 1]:
         try:
-            pool = input_pool(batch, size, device, channels_last)
+            pool = input_pool(batch, size, runtime)
             for i in range(3):
                 forward(pool[i % INPUT_POOL])
             # Repeat until `throughput_seconds` have passed (at least 3 batches).
@@ -147,7 +161,7 @@ def bench_model(
             throughput.append({"batch_size": batch, "skipped": "out of GPU memory"})
             torch.cuda.empty_cache()
 
-    if cuda:
+    if runtime.cuda:
         peak = {
             "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20,
             "peak_memory_method": "torch.cuda.max_memory_allocated",
@@ -158,42 +172,64 @@ def bench_model(
     return {"latency_ms": latency, "throughput": throughput, **peak}
 
 
-def bench_report(
-    name: str,
-    options: dict,
-    model: nn.Module,
-    size: int,
-    device: torch.device,
-    amp: torch.dtype | None,
-    channels_last: bool,
-    compile: bool,
-    **bench_options,
-) -> dict:
-    """bench_model's numbers with everything needed to read them: model, costs, device, settings."""
-    flops = count_flops(model, size)
-    measured = bench_model(
-        model, size, device, amp=amp, channels_last=channels_last, compile=compile, **bench_options
+def check_settings(settings: BenchSettings) -> None:
+    if settings.size < 16 or settings.size % 16:
+        raise UserError(f"--size must be a positive multiple of 16, got {settings.size}")
+    if settings.runs < 1:
+        raise UserError(f"--runs must be positive, got {settings.runs}")
+    if settings.batch_sizes is not None and (not settings.batch_sizes or min(settings.batch_sizes) < 1):
+        raise UserError(f"--batch-sizes takes positive integers like 1,8,64,256; got {settings.batch_sizes}")
+
+
+def bench(settings: BenchSettings) -> dict:
+    """Benchmark one model as `settings` say; the report holds everything needed to read the numbers."""
+    check_settings(settings)
+    runtime = make_runtime(
+        settings.device, amp=settings.amp, channels_last=settings.channels_last, threads=settings.threads
     )
-    cuda = device.type == "cuda"
+    batch_sizes = settings.batch_sizes or (GPU_BATCH_SIZES if runtime.cuda else CPU_BATCH_SIZES)
+    torch.manual_seed(0)
+    model = build(settings.model, **settings.model_options)
+    flops = count_flops(model, settings.size)
+    measured = bench_model(
+        model,
+        settings.size,
+        runtime,
+        batch_sizes=batch_sizes,
+        runs=settings.runs,
+        warmup=settings.warmup,
+        compile=settings.compile,
+    )
     return {
-        "model": name,
-        "model_options": options,
-        "size": size,
+        "model": settings.model,
+        "model_options": settings.model_options,
+        "size": settings.size,
         "in_channels": 1,
         "params": count_parameters(model),
         "flops_per_image": flops,
         "gflops_per_image": flops / 1e9,
         **measured,
         "settings": {
-            "dtype": {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[amp],
-            "amp": amp is not None,
-            "channels_last": channels_last,
-            "compile": compile,
-            "tf32": cuda and torch.backends.cuda.matmul.allow_tf32,
-            "cudnn_benchmark": cuda and torch.backends.cudnn.benchmark,
+            "dtype": DTYPE_NAMES[runtime.amp_dtype],
+            "amp": runtime.amp_dtype is not None,
+            "channels_last": runtime.channels_last,
+            "compile": settings.compile,
+            "tf32": runtime.cuda and torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_benchmark": runtime.cuda and torch.backends.cudnn.benchmark,
             "threads": torch.get_num_threads(),
             "inference_mode": True,
         },
-        "environment": {**environment(device), "driver": driver_version() if cuda else None},
+        "environment": {**environment(runtime.device), "driver": driver_version() if runtime.cuda else None},
         "created": now(),
     }
+
+
+def bench_command(settings: BenchSettings, out: Path) -> None:
+    """`rdiunet bench`: write the report to `out` and print the batch-1 latency."""
+    report = bench(settings)
+    write_json(out, report)
+    latency = report["latency_ms"]
+    print(
+        f"{settings.model} @ {settings.size}px on {report['environment']['device_name']}: batch-1 median "
+        f"{latency['median']:.2f} ms (p90 {latency['p90']:.2f}, p99 {latency['p99']:.2f})"
+    )

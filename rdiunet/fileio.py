@@ -1,14 +1,20 @@
-"""Atomic file output: write to a temporary file beside the target, then rename.
+"""Files: atomic output (a temporary file, then a rename), JSON and CSV reading with one-line
+errors, and checksums.
 
 A killed job never leaves a half-written output under the final name, so a rerun (or Snakemake's
 own check) sees either the old file, no file, or the complete new one.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+from rdiunet.errors import UserError
+
+CHUNK = 1 << 20
 
 
 def _current_umask() -> int:
@@ -43,5 +49,20 @@ def write_json(target: str | os.PathLike, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike):
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, fix: str = "rerun the job that writes it"):
+    """The JSON in `path`; a missing or damaged file is one error line that ends with `fix`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); {fix}") from None
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,12 +11,16 @@ Conventions (the report states them too):
 - HD95 in pixels: the 95th percentile of the pooled surface distances in both directions
   (medpy's definition; MONAI's takes the larger of the two directed percentiles). Undefined when
   either mask is empty: NaN, counted, never silently dropped.
+- Test metrics: TEST_METRICS names every number a run reports on its test split. Evaluation
+  writes each one to metrics.json, collection copies each one, and Table 1 averages each one over
+  seeds: adding a metric is one entry there.
 - Stability: the number of epochs whose validation Dice fell by `drop` (0.05) or more from the
   previous epoch. Convergence: the first 1-based epoch whose validation Dice exceeds a threshold.
 """
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,21 +64,31 @@ def _reduce(score_fn, counts: torch.Tensor, reduction: str) -> float:
     raise ValueError(f"reduction must be 'image' or 'dataset', got {reduction!r}")
 
 
-def dice(pred: torch.Tensor, target: torch.Tensor, reduction: str = "image") -> float:
-    return _reduce(dice_from_counts, confusion(pred, target), reduction)
+Mask = torch.Tensor | np.ndarray
 
 
-def iou(pred: torch.Tensor, target: torch.Tensor, reduction: str = "image") -> float:
-    return _reduce(iou_from_counts, confusion(pred, target), reduction)
+def dice(pred: Mask, target: Mask, reduction: str = "image") -> float:
+    """Dice of binary masks shaped (N, ...), numpy arrays or torch tensors."""
+    return _reduce(dice_from_counts, confusion(torch.as_tensor(pred), torch.as_tensor(target)), reduction)
+
+
+def iou(pred: Mask, target: Mask, reduction: str = "image") -> float:
+    """IoU of binary masks shaped (N, ...), numpy arrays or torch tensors."""
+    return _reduce(iou_from_counts, confusion(torch.as_tensor(pred), torch.as_tensor(target)), reduction)
+
+
+def as_numpy(mask: Mask) -> np.ndarray:
+    return mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def hd95(pred: np.ndarray, target: np.ndarray) -> float:
-    """Symmetric 95th-percentile Hausdorff distance in pixels of two 2-D masks; NaN if either is empty."""
-    pred, target = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
+def hd95(pred: Mask, target: Mask) -> float:
+    """Symmetric 95th-percentile Hausdorff distance in pixels of two 2-D masks (numpy arrays or
+    torch tensors); NaN if either is empty."""
+    pred, target = as_numpy(pred).astype(bool), as_numpy(target).astype(bool)
     if not pred.any() or not target.any():
         return math.nan
     pred_surface, target_surface = _surface(pred), _surface(target)
@@ -83,7 +97,7 @@ def hd95(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.percentile(np.concatenate([to_target, to_pred]), 95))
 
 
-def stability(dice_per_epoch: Sequence[float], drop: float = 0.05) -> int:
+def stability(dice_per_epoch: Sequence[float], drop: float) -> int:
     """Number of epochs whose Dice fell by `drop` or more from the previous epoch."""
     values = np.asarray(dice_per_epoch, dtype=float)
     return int((values[:-1] - values[1:] >= drop - FLOAT_SLACK).sum())
@@ -93,3 +107,35 @@ def convergence(dice_per_epoch: Sequence[float], threshold: float) -> int | None
     """First 1-based epoch whose Dice exceeds `threshold`; None if it never does."""
     above = np.flatnonzero(np.asarray(dice_per_epoch, dtype=float) > threshold)
     return int(above[0]) + 1 if len(above) else None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-image scores of one split, and its mean loss."""
+
+    ids: tuple[str, ...]
+    loss: float
+    counts: torch.Tensor  # (N, 4): TP, FP, FN, TN
+    dice: np.ndarray
+    iou: np.ndarray
+    hd95: np.ndarray  # NaN where undefined
+    gt_empty: np.ndarray
+    pred_empty: np.ndarray
+
+
+def median_defined(values: np.ndarray) -> float | None:
+    defined = values[~np.isnan(values)]
+    return float(np.median(defined)) if len(defined) else None
+
+
+TEST_METRICS = {
+    "dice": lambda s: float(s.dice.mean()),
+    "iou": lambda s: float(s.iou.mean()),
+    "dice_dataset": lambda s: float(dice_from_counts(s.counts.sum(0))),
+    "iou_dataset": lambda s: float(iou_from_counts(s.counts.sum(0))),
+    "hd95_median": lambda s: median_defined(s.hd95),
+    "hd95_undefined": lambda s: int(np.isnan(s.hd95).sum()),
+    "gt_empty": lambda s: int(s.gt_empty.sum()),
+    "false_positive_on_empty": lambda s: int((s.gt_empty & ~s.pred_empty).sum()),
+    "test_loss": lambda s: s.loss,
+}

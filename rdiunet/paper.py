@@ -39,7 +39,11 @@ CLAIMS = {
 
 
 def table1(dataset: str, model: str) -> dict:
-    return TABLE1.get((dataset, model), {})
+    """The paper's Table 1 cell: dice, iou, ms and params, where it reports them."""
+    reported = dict(TABLE1.get((dataset, model), {}))
+    if model in PARAMS:
+        reported["params"] = PARAMS[model]
+    return reported
 
 
 def table2(dataset: str, model: str) -> dict:

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -9,18 +11,35 @@ import pytest
 # tests/slurm/ holds the helper that runs the one-node test cluster.
 sys.path.insert(0, str(Path(__file__).parent))
 
+from rdiunet import cli
 from rdiunet.data.synthetic import synthesize
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `rdiunet ARGS` as a user would, in a separate process."""
-    return subprocess.run(
-        [sys.executable, "-m", "rdiunet.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 300, process: bool = False
+) -> subprocess.CompletedProcess:
+    """Run `rdiunet ARGS` and return its exit status and output.
+
+    By default in this process, through the same `main` the console script calls (no interpreter
+    start-up, no torch import per call): an exception that escapes `main` fails the test as a
+    traceback would. With `process` or an `env`, in a separate process, as a user would.
+    """
+    argv = [str(a) for a in args]
+    if process or env is not None:
+        return subprocess.run(
+            [sys.executable, "-m", "rdiunet.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exit_:  # argparse's usage errors, --help
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(["rdiunet", *argv], code, stdout.getvalue(), stderr.getvalue())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:

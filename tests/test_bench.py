@@ -6,6 +6,7 @@ from conftest import assert_one_line_error, run_cli
 from torch import nn
 
 from rdiunet.bench import INPUT_POOL, count_flops, count_parameters, input_pool
+from rdiunet.runtime import Runtime
 
 
 def test_flops_of_a_convolution_are_two_per_multiply_add():
@@ -85,7 +86,7 @@ def test_bench_params_equal_rdiunet_info(bench_json):
 
 
 def test_bench_inputs_differ_between_runs_and_are_not_zero():
-    pool = input_pool(2, 16, torch.device("cpu"), channels_last=False)
+    pool = input_pool(2, 16, Runtime(torch.device("cpu"), None, channels_last=False))
     assert len(pool) == INPUT_POOL
     assert all(x.abs().sum() > 0 for x in pool)
     assert len({float(x.sum()) for x in pool}) == INPUT_POOL

@@ -1,17 +1,10 @@
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 
 from rdiunet.bench import count_parameters
 from rdiunet.models import build
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rdiunet.cli", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def test_info_json_lists_every_model_with_its_cost():
@@ -34,6 +27,6 @@ def test_info_table_is_human_readable():
 
 
 def test_unknown_verb_exits_non_zero_with_usage():
-    result = run_cli("nonsense")
+    result = run_cli("nonsense", process=True)
     assert result.returncode != 0
     assert "invalid choice" in result.stderr

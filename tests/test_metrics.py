@@ -79,9 +79,9 @@ def test_hd95_shifted_square():
 def test_stability_counts_drops_of_at_least_the_threshold():
     # 0.80 -> 0.75 and 0.75 -> 0.70 are drops of exactly 0.05 (which floating point puts a hair
     # on either side); 0.90 -> 0.60 is a large one; 0.70 -> 0.66 is not enough.
-    assert stability([0.5, 0.8, 0.75, 0.7, 0.66, 0.9, 0.6]) == 3
-    assert stability([0.5, 0.6, 0.7]) == 0
-    assert stability([0.9]) == 0
+    assert stability([0.5, 0.8, 0.75, 0.7, 0.66, 0.9, 0.6], drop=0.05) == 3
+    assert stability([0.5, 0.6, 0.7], drop=0.05) == 0
+    assert stability([0.9], drop=0.05) == 0
     assert stability([0.9, 0.85], drop=0.1) == 0
 
 
@@ -89,3 +89,13 @@ def test_convergence_is_the_first_epoch_strictly_above():
     assert convergence([0.5, 0.7, 0.71, 0.9], 0.7) == 3
     assert convergence([0.95, 0.2], 0.9) == 1
     assert convergence([0.5, 0.6], 0.7) is None
+
+
+def test_numpy_arrays_and_torch_tensors_score_alike():
+    for reduction in ("image", "dataset"):
+        assert dice(PRED.numpy(), TRUTH.numpy(), reduction) == dice(PRED, TRUTH, reduction)
+        assert iou(PRED.numpy().astype(np.uint8), TRUTH.numpy(), reduction) == iou(PRED, TRUTH, reduction)
+    square = np.zeros((9, 9), bool)
+    square[2:6, 2:6] = True
+    shifted = np.roll(square, 2, axis=1)
+    assert hd95(torch.from_numpy(square), torch.from_numpy(shifted)) == hd95(square, shifted) == 2.0

@@ -10,7 +10,7 @@ from conftest import assert_one_line_error, run_cli
 from PIL import Image
 
 from rdiunet.data.prepare import assign_splits, load_pair, prepare
-from rdiunet.data.sources import Member, Pair
+from rdiunet.data.source import Member, Pair
 from rdiunet.data.synthetic import synthesize
 from rdiunet.errors import UserError
 

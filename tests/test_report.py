@@ -1,5 +1,7 @@
+import html
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -9,6 +11,8 @@ import pytest
 from conftest import REPO, assert_one_line_error, run_cli
 
 from rdiunet.report import claims as claim_rules
+from rdiunet.report import collect, columns, tables
+from rdiunet.report.figure_kinds import FIGURE_KINDS
 
 CONFIG = {
     "synthetic": True,
@@ -46,6 +50,7 @@ def write_tree(root: Path, models=("unet", "rdiunet")) -> Path:
             "hd95_undefined": 0,
             "gt_empty": 0,
             "false_positive_on_empty": 0,
+            "test_loss": 0.1,
             "best_epoch": 4,
             "gpu": {"available": False, "reason": "device is cpu, not a GPU"},
         }
@@ -88,7 +93,7 @@ def test_table_values_are_recomputed_from_the_results_tree(tmp_path):
     assert row.dice_sd == pytest.approx(np.std([0.90, 0.94], ddof=1))
     assert row.iou_mean == pytest.approx(0.85)
     assert row.dice_dataset_mean == pytest.approx(0.93)
-    assert row.hd95_mean == pytest.approx(4.0)
+    assert row.hd95_median_mean == pytest.approx(4.0)
     assert row.paper_dice == 0.958 and row.delta_dice == pytest.approx(0.92 - 0.958)
     assert row.ms_median == 30.0 and row.paper_ms == 106.8
     assert row.params == 15_326_529 and row.delta_params == 15_326_529 - 15.6e6
@@ -108,6 +113,46 @@ def test_table_values_are_recomputed_from_the_results_tree(tmp_path):
     assert table2.loc[("jsrt", "rdiunet")].convergence_mean == pytest.approx(1.5)
     assert table2.loc[("jsrt", "rdiunet")].delta_convergence == pytest.approx(1.5 - 34)
     assert (tmp_path / "reports" / "table1.md").read_text().startswith("> **Synthetic data.**")
+
+
+def html_table(page: str, heading: str) -> list[list[str]]:
+    """The header and cell texts of the table after `heading` in a report page."""
+    section = page.split(heading, 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", section, re.S)
+    return [[html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)] for row in rows]
+
+
+def markdown_table(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines]
+
+
+def test_markdown_and_html_tables_show_the_same_headers_and_cells(tmp_path):
+    write_tree(tmp_path)
+    assert tables_cli(tmp_path).returncode == 0
+    out = tmp_path / "reports" / "report.html"
+    result = report_cli(tmp_path, CONFIG, out)
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    for name, heading in (("table1", "Table 1: accuracy"), ("table2", "Table 2: stability")):
+        markdown = markdown_table((tmp_path / "reports" / f"{name}.md").read_text())
+        assert html_table(page, heading) == markdown
+        assert len({len(row) for row in markdown}) == 1  # every row has a cell under every header
+    assert "(1 converged)" in page  # jsrt U-Net: one of two seeds converged
+
+
+def test_a_table_column_is_one_line(tmp_path):
+    write_tree(tmp_path)
+    study = collect.Study.from_config(CONFIG)
+    runs = collect.runs(tmp_path / "results", study)
+    frame = tables.table1(runs, collect.benches(tmp_path / "results", study), study)
+    extended = (*columns.TABLE1, columns.Column("test_loss", "test loss", columns.mean_sd(2)))
+    header, *rows = markdown_table(tables.markdown(frame, extended))
+    assert header[-1] == "test loss" and rows[0][-1] == "0.10 ± 0.00"
+    assert columns.rendered(extended, frame.to_dict("records"))["header"][-1]["value"] == "test loss"
+    csv_columns = list(tables.csv_frame(frame, extended).columns)
+    shown = csv_columns.index("energy_j_sd") + 1  # the CSV shows the columns' fields first, in order
+    assert csv_columns[shown : shown + 2] == ["test_loss_mean", "test_loss_sd"]
 
 
 def test_missing_result_or_threshold_is_a_one_line_error(tmp_path):
@@ -220,25 +265,29 @@ def test_overall_verdict():
 HOSTILE = '<img src=x onerror="alert(1)">'
 
 
+def report_cli(root: Path, config: dict, out: Path):
+    return run_cli(
+        "report",
+        "--results",
+        root / "results",
+        "--config-json",
+        json.dumps(config),
+        "--figures",
+        root / "none",
+        "--data",
+        root / "none",
+        "--timing",
+        root / "none",
+        "--out",
+        out,
+    )
+
+
 def test_html_escapes_hostile_model_names(tmp_path):
     write_tree(tmp_path, models=("unet", HOSTILE))
     config = {**CONFIG, "models": {"unet": {}, HOSTILE: {"note": "<script>alert(2)</script>"}}}
     out = tmp_path / "reports" / "report.html"
-    result = run_cli(
-        "report",
-        "--results",
-        tmp_path / "results",
-        "--config-json",
-        json.dumps(config),
-        "--figures",
-        tmp_path / "none",
-        "--data",
-        tmp_path / "none",
-        "--timing",
-        tmp_path / "none",
-        "--out",
-        out,
-    )
+    result = report_cli(tmp_path, config, out)
     assert result.returncode == 0, result.stderr
     page = out.read_text()
     assert HOSTILE not in page and "<script>alert(2)" not in page
@@ -285,7 +334,7 @@ def test_report_in_headless_chromium(demo):
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])"
         )
-        assert len(images) == 9  # 3 datasets x (curves, examples, distribution)
+        assert len(images) == 3 * len(FIGURE_KINDS)  # 3 datasets x every kind
         assert all(complete and width > 0 for complete, width, _ in images), images
         assert all(src.startswith("data:image/png;base64") for _, _, src in images)
         network = driver.execute_script(

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rdiunet.data import synthetic
-from rdiunet.data.synthetic import kaggle_rle, synthesize
+from rdiunet.data import sources, synthetic
+from rdiunet.data.sources.nerve import kaggle_rle
+from rdiunet.data.synthetic import synthesize
+from rdiunet.errors import UserError
 
 
 def digest(folder):
@@ -107,3 +109,14 @@ def test_marker_says_synthetic(synthetic_raw):
 def test_too_few_images_is_refused(tmp_path):
     with pytest.raises(ValueError, match="at least 3"):
         synthesize("jsrt", tmp_path, n=2)
+
+
+def test_sources_register_themselves_by_module_name():
+    assert sources.names() == ["isic", "jsrt", "nerve"]
+    for name in sources.names():
+        source = sources.get(name)
+        assert source.name == name and source.size % 16 == 0 and source.synthetic_n >= 3
+    assert sources.get("nerve").keep_empty is False  # the paper's nerve images all show a nerve
+    assert [name for name in sources.names() if sources.get(name).official_splits] == ["isic"]
+    with pytest.raises(UserError, match="unknown dataset 'brain'; known datasets: isic, jsrt, nerve"):
+        sources.get("brain")

@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,11 @@ import rdiunet.train as train_module
 from rdiunet.data.prepare import prepare
 from rdiunet.data.synthetic import synthesize
 from rdiunet.errors import UserError
-from rdiunet.train import TrainConfig, evaluate, train
+from rdiunet.evaluation import evaluate
+from rdiunet.metrics import TEST_METRICS
+from rdiunet.runfolder import RunFolder
+from rdiunet.settings import TrainSettings
+from rdiunet.train import train
 
 TINY = {"widths": (8, 16, 32, 64), "dense_blocks": 2, "growth": 16}
 TINY_OPTS = ["--model-opt", "widths=8,16,32,64", "--model-opt", "dense_blocks=2", "--model-opt", "growth=16"]
@@ -37,7 +42,7 @@ def history(run) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
-def config(data, **overrides) -> TrainConfig:
+def config(data, **overrides) -> TrainSettings:
     base = dict(
         data=str(data),
         model="rdiunet",
@@ -49,12 +54,25 @@ def config(data, **overrides) -> TrainConfig:
         deterministic=True,
         model_options=TINY,
     )
-    return TrainConfig(**{**base, **overrides})
+    return TrainSettings(**{**base, **overrides})
 
 
-def test_run_folder_holds_every_output(jsrt64, tmp_path):
-    metrics = train(config(jsrt64), tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {
+@pytest.fixture(scope="module")
+def trained(jsrt64, tmp_path_factory):
+    """The tests' reference run: config(jsrt64), 3 epochs, trained once; tests that change a run
+    folder work on a copy (`copy_of`)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    metrics = train(config(jsrt64), out)
+    return out, metrics
+
+
+def copy_of(run, tmp_path):
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def test_run_folder_holds_every_output(trained):
+    run, metrics = trained
+    assert {p.name for p in run.iterdir()} == {
         "history.csv",
         "gpu.csv",
         "checkpoint.pt",
@@ -63,7 +81,7 @@ def test_run_folder_holds_every_output(jsrt64, tmp_path):
         "per_image.csv",
         "run.json",
     }
-    rows = history(tmp_path)
+    rows = history(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert list(rows[0]) == [
         "epoch",
@@ -76,71 +94,70 @@ def test_run_folder_holds_every_output(jsrt64, tmp_path):
     ]
     best = max(rows, key=lambda r: float(r["val_dice"]))
     assert metrics["best_epoch"] == int(best["epoch"])
-    with open(tmp_path / "per_image.csv") as handle:
+    with open(run / "per_image.csv") as handle:
         per_image = list(csv.DictReader(handle))
     assert len(per_image) == metrics["images"] == 12
     assert metrics["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in per_image]), abs=1e-5)
-    run = json.loads((tmp_path / "run.json").read_text())
-    assert run["status"] == "complete" and run["seed"] == 0
-    assert run["environment"]["torch"] == torch.__version__
-    assert run["settings"] == {
+    assert set(TEST_METRICS) <= set(metrics)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["seed"] == 0
+    assert info["environment"]["torch"] == torch.__version__
+    assert info["settings"] == {
         "amp": "off",
         "channels_last": False,
         "tf32": False,
         "compile": False,
         "deterministic": True,
     }
-    assert len(run["data_sha256"]) == 64
+    assert len(info["data_sha256"]) == 64
     # On the CPU the NVML record says why it is empty, and the run went on.
     assert metrics["gpu"] == {"available": False, "reason": "device is cpu, not a GPU"}
     assert (
-        tmp_path / "gpu.csv"
+        run / "gpu.csv"
     ).read_text().strip() == "time,power_w,utilization_pct,memory_used_mib,temperature_c,sm_clock_mhz"
 
 
-def test_two_deterministic_cpu_runs_are_identical(jsrt64, tmp_path):
-    train(config(jsrt64), tmp_path / "a")
-    train(config(jsrt64), tmp_path / "b")
-    assert history(tmp_path / "a") == history(tmp_path / "b")
-    train(config(jsrt64, seed=1), tmp_path / "c")
-    assert history(tmp_path / "a") != history(tmp_path / "c")
+def test_two_deterministic_cpu_runs_are_identical(jsrt64, trained, tmp_path):
+    train(config(jsrt64), tmp_path / "again")
+    assert history(tmp_path / "again") == history(trained[0])
+    train(config(jsrt64, seed=1, epochs=1), tmp_path / "seed1")
+    assert history(tmp_path / "seed1") != history(trained[0])[:1]
 
 
-def test_finished_run_rerun_does_nothing(jsrt64, tmp_path, capsys):
-    train(config(jsrt64, epochs=1), tmp_path)
-    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    train(config(jsrt64, epochs=1), tmp_path)
+def test_finished_run_rerun_does_nothing(jsrt64, trained, tmp_path, capsys):
+    run = copy_of(trained[0], tmp_path)
+    stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    train(config(jsrt64), run)
     assert "already complete" in capsys.readouterr().err
-    assert stamps == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
 
 
-def test_outputs_removed_by_a_workflow_manager_come_back_without_retraining(jsrt64, tmp_path, capsys):
-    train(config(jsrt64, epochs=2), tmp_path)
-    before = {name: (tmp_path / name).read_text() for name in ("history.csv", "per_image.csv")}
+def test_outputs_removed_by_a_workflow_manager_come_back_without_retraining(
+    jsrt64, trained, tmp_path, capsys
+):
+    run = copy_of(trained[0], tmp_path)
+    before = {name: (run / name).read_text() for name in ("history.csv", "per_image.csv")}
     for name in ("history.csv", "metrics.json", "per_image.csv"):
-        (tmp_path / name).unlink()  # what Snakemake does before rerunning a job
+        (run / name).unlink()  # what Snakemake does before rerunning a job
     capsys.readouterr()
-    train(config(jsrt64, epochs=2), tmp_path)
+    train(config(jsrt64), run)
     assert "train_loss" not in capsys.readouterr().err  # no epoch was trained again
-    assert {name: (tmp_path / name).read_text() for name in before} == before
-    assert (tmp_path / "metrics.json").exists()
+    assert {name: (run / name).read_text() for name in before} == before
+    assert (run / "metrics.json").exists()
 
 
-def test_more_epochs_continue_a_finished_run(jsrt64, tmp_path):
+def test_more_epochs_continue_a_finished_run(jsrt64, trained, tmp_path):
     train(config(jsrt64, epochs=2), tmp_path / "extended")
     train(config(jsrt64, epochs=3), tmp_path / "extended")
-    train(config(jsrt64, epochs=3), tmp_path / "straight")
-    assert history(tmp_path / "extended") == history(tmp_path / "straight")
+    assert history(tmp_path / "extended") == history(trained[0])
 
 
-def test_checkpoint_of_another_configuration_is_refused(jsrt64, tmp_path):
-    train(config(jsrt64, epochs=1), tmp_path)
+def test_checkpoint_of_another_configuration_is_refused(jsrt64, trained, tmp_path):
+    run = copy_of(trained[0], tmp_path)
     with pytest.raises(UserError, match="refusing to resume .*'growth': 32"):
-        train(config(jsrt64, epochs=2, model_options={**TINY, "growth": 32}), tmp_path)
+        train(config(jsrt64, epochs=4, model_options={**TINY, "growth": 32}), run)
     with pytest.raises(UserError, match="refusing to resume .* model="):
-        train(
-            config(jsrt64, epochs=2, model="unet", model_options={"widths": (8, 16, 32, 64, 128)}), tmp_path
-        )
+        train(config(jsrt64, epochs=4, model="unet", model_options={"widths": (8, 16, 32, 64, 128)}), run)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(jsrt64, tmp_path, monkeypatch):
@@ -174,14 +191,14 @@ def test_empty_split_is_refused(tmp_path):
         train(config(tmp_path / "d.npz"), tmp_path / "run")
 
 
-def test_evaluate_recomputes_the_same_metrics(jsrt64, tmp_path):
-    metrics = train(config(jsrt64, epochs=2), tmp_path)
-    per_image = (tmp_path / "per_image.csv").read_text()
-    (tmp_path / "per_image.csv").unlink()
+def test_evaluate_recomputes_the_same_metrics(trained, tmp_path):
+    run, metrics = copy_of(trained[0], tmp_path), trained[1]
+    per_image = (run / "per_image.csv").read_text()
+    (run / "per_image.csv").unlink()
     # Only the training's GPU record survives; the test metrics must come back identical.
-    (tmp_path / "metrics.json").write_text(json.dumps({"gpu": metrics["gpu"]}))
-    assert evaluate(tmp_path, device="cpu") == metrics
-    assert (tmp_path / "per_image.csv").read_text() == per_image
+    (run / "metrics.json").write_text(json.dumps({"gpu": metrics["gpu"]}))
+    assert evaluate(RunFolder(run), device="cpu") == metrics
+    assert (run / "per_image.csv").read_text() == per_image
 
 
 # --- the command line, in real processes: kill, SIGTERM, resume ----------------------------------

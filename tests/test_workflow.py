@@ -1,6 +1,7 @@
 import re
 import shutil
 import zipfile
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -13,6 +14,13 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from conftest import REPO, copy_workflow, snakemake  # noqa: E402
+from snakemake.utils import validate
+from snakemake_interface_common.exceptions import WorkflowError
+
+from rdiunet import paper
+from rdiunet.data import sources
+from rdiunet.report.figure_kinds import FIGURE_KINDS
+from rdiunet.settings import BenchSettings, TrainSettings
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -25,6 +33,7 @@ def planned_jobs(output: str) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_paper_run_plans_the_full_grid(tmp_path):
     result = snakemake(copy_workflow(tmp_path), "-n")
     assert result.returncode == 0, result.stderr
@@ -35,10 +44,28 @@ def test_paper_run_plans_the_full_grid(tmp_path):
     assert jobs["tables"] == jobs["figures"] == jobs["report"] == jobs["all"] == 1
 
 
+@pytest.mark.slow
 def test_lint_is_clean():
     for profile in ((), ("--profile", "profiles/demo")):
         result = snakemake(REPO, "--lint", *profile)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "Lints for" not in result.stdout + result.stderr, result.stdout
+
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def paper_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def validation_error(config: dict) -> str | None:
+    """What Snakemake's own validation (as common.smk calls it) says of `config`; None if valid."""
+    try:
+        validate(config, str(SCHEMA))
+    except WorkflowError as error:
+        return str(error)
+    return None
 
 
 @pytest.mark.parametrize(
@@ -50,16 +77,56 @@ def test_lint_is_clean():
         (lambda c: c["training"].update(amp="fp8"), "amp"),
     ],
 )
-def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, edit, key):
-    folder = copy_workflow(tmp_path)
-    config = yaml.safe_load((folder / "config.yaml").read_text())
+def test_invalid_config_is_refused_naming_the_key(edit, key):
+    config = paper_config()
+    assert validation_error(config) is None
     edit(config)
+    message = validation_error(config)
+    assert message is not None and key in message
+
+
+@pytest.mark.slow
+def test_invalid_config_stops_snakemake_before_any_job(tmp_path):
+    folder = copy_workflow(tmp_path)
+    config = paper_config()
+    config["datasets"]["nerve"]["size"] = 100
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(folder, "-n")
     assert result.returncode != 0
     message = result.stdout + result.stderr
-    assert "Error validating config file" in message and key in message
+    assert "Error validating config file" in message and "size" in message
     assert "Job stats" not in message
+
+
+def schema_defaults(section: str) -> dict:
+    properties = yaml.safe_load(SCHEMA.read_text())["properties"][section]["properties"]
+    return {key: spec["default"] for key, spec in properties.items() if "default" in spec}
+
+
+# Snakemake's threads per job: the rule's `threads:` and --threads, where the command line's own
+# default (None, torch's choice) serves people running `rdiunet` by hand.
+JOB_SCHEDULING = {"threads"}
+
+
+@pytest.mark.parametrize("section,settings", [("training", TrainSettings), ("bench", BenchSettings)])
+def test_schema_defaults_equal_the_settings_defaults(section, settings):
+    defaults = schema_defaults(section)
+    assert set(defaults) <= {f.name for f in fields(settings)}  # no default of the schema's alone
+    compared = set(defaults) - JOB_SCHEDULING
+    assert len(compared) >= 4  # the comparison must compare something
+    for key in compared:
+        assert defaults[key] == getattr(settings, key), key
+
+
+def test_schema_dataset_names_are_the_registered_sources():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert sorted(schema["properties"]["datasets"]["propertyNames"]["enum"]) == sources.names()
+
+
+def test_stability_drop_default_is_the_papers():
+    assert (
+        yaml.safe_load(SCHEMA.read_text())["properties"]["stability_drop"]["default"] == paper.STABILITY_DROP
+    )
 
 
 def test_conda_envs_are_pinned_and_agree_with_pyproject():
@@ -121,7 +188,8 @@ def test_demo_outputs_meet_the_data_contracts(demo):
     assert len((root / "reports" / "table1.csv").read_text().splitlines()) == 1 + 6
     assert (root / "logs" / "timing" / "train" / "jsrt" / "unet" / "seed0.tsv").exists()
     assert (root / "reports" / "report.html").exists() and (root / "reports" / "claims.csv").exists()
-    assert len(list((root / "reports" / "figures").glob("*.svg"))) == 9
+    figures = {p.name for p in (root / "reports" / "figures").glob("*.svg")}
+    assert figures == {f"{kind}_{d}.svg" for kind in FIGURE_KINDS for d in ("nerve", "jsrt", "isic")}
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ work: they put the archive there by hand.
 """
 
 import contextlib
-import hashlib
 import http.client
 import io
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rdiunet.errors import UserError
+from rdiunet.fileio import sha256_of
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -39,14 +39,6 @@ class Remote:
     urls: tuple[str, ...]
     sha256: str | None = None
     trusted: bool = True
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def warn(message: str) -> None:

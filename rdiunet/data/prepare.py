@@ -25,12 +25,11 @@ from tqdm import tqdm
 
 from rdiunet import __version__
 from rdiunet.errors import UserError
-from rdiunet.fileio import atomic_path, write_json
+from rdiunet.fileio import atomic_path, sha256_of, write_json
 
 from . import sources
 from .archive import open_zip, read_member
-from .download import sha256_of
-from .sources import Member, Pair
+from .source import Member, Pair
 from .synthetic import MARKER
 
 SPLITS = ("train", "val", "test")
@@ -172,14 +171,12 @@ def prepare(
 ) -> dict:
     """Write `out` (.npz) and its .json summary; return the summary."""
     source = sources.get(dataset)
-    size = source.SIZE if size is None else size
+    size = source.size if size is None else size
     if size < 16 or size % 16:
         raise UserError(f"--size must be a positive multiple of 16 (the models pool 4 times), got {size}")
     if not raw.is_dir():
         raise UserError(f"raw data folder {raw} does not exist; run rdiunet download or rdiunet synth first")
-    # Ultrasound frames without a nerve are most of the nerve set; the paper's 2,326 images are
-    # (almost exactly) the 2,323 with a non-empty mask, so they are dropped unless asked for.
-    keep_empty = dataset != "nerve" if keep_empty is None else keep_empty
+    keep_empty = source.keep_empty if keep_empty is None else keep_empty
     workers = workers or min(4, os.cpu_count() or 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     archives = source.archives(raw)
@@ -231,3 +228,10 @@ def prepare(
     }
     write_json(out.with_suffix(".json"), summary)
     return summary
+
+
+def prepare_command(dataset: str, raw: Path, out: Path, **options) -> None:
+    """`rdiunet prepare`: prepare and print what the arrays hold."""
+    summary = prepare(dataset, raw, out, **options)
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    print(f"{out}: {summary['images']} images ({counts}), {summary['image_size'][0]} px")

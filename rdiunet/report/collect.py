@@ -1,14 +1,14 @@
-"""Reading a results tree (results/{dataset}/{model}/seed{seed}/..., results/{dataset}/{model}/bench.json)
-into tidy tables."""
+"""Reading a results tree (rdiunet.runfolder) into tidy tables, and the study that produced it."""
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from rdiunet import paper
 from rdiunet.errors import UserError
-from rdiunet.metrics import convergence, stability
+from rdiunet.metrics import TEST_METRICS, convergence, stability
+from rdiunet.runfolder import RunFolder, read_bench
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Study:
     datasets: dict[str, dict]
     models: dict[str, dict]
     seeds: list[int]
-    stability_drop: float = 0.05
+    stability_drop: float = paper.STABILITY_DROP
     synthetic: bool = False
 
     @classmethod
@@ -31,7 +31,7 @@ class Study:
                 datasets=config["datasets"],
                 models=config["models"],
                 seeds=[int(s) for s in config["seeds"]],
-                stability_drop=config.get("stability_drop", 0.05),
+                stability_drop=config.get("stability_drop", paper.STABILITY_DROP),
                 synthetic=bool(config.get("synthetic", False)),
             )
         except (KeyError, TypeError) as error:
@@ -47,47 +47,25 @@ class Study:
                 for seed in self.seeds:
                     yield dataset, model, seed
 
-
-def run_dir(results: Path, dataset: str, model: str, seed: int) -> Path:
-    return results / dataset / model / f"seed{seed}"
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing; run the workflow (or rdiunet train) for it first") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON ({error}); rerun the job that writes it") from None
-
-
-def read_csv(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise UserError(f"{path} is missing; run the workflow (or rdiunet train) for it first")
-    return pd.read_csv(path)
+    def run_folders(self, results: Path):
+        """(dataset, model, seed, RunFolder) of every training run."""
+        for dataset, model, seed in self.runs():
+            yield dataset, model, seed, RunFolder.of(results, dataset, model, seed)
 
 
 def runs(results: Path, study: Study) -> pd.DataFrame:
-    """One row per dataset x model x seed: test metrics, energy, stability and convergence."""
+    """One row per dataset x model x seed: every test metric, energy, stability and convergence."""
     rows = []
-    for dataset, model, seed in study.runs():
-        folder = run_dir(results, dataset, model, seed)
-        metrics = read_json(folder / "metrics.json")
-        dice = read_csv(folder / "history.csv")["val_dice"].tolist()
+    for dataset, model, seed, folder in study.run_folders(results):
+        metrics = folder.read_metrics()
+        dice = folder.read_history()["val_dice"].tolist()
         gpu = metrics.get("gpu") or {}
         rows.append(
             {
                 "dataset": dataset,
                 "model": model,
                 "seed": seed,
-                "dice": metrics["dice"],
-                "iou": metrics["iou"],
-                "dice_dataset": metrics["dice_dataset"],
-                "iou_dataset": metrics["iou_dataset"],
-                "hd95": metrics["hd95_median"],
-                "hd95_undefined": metrics["hd95_undefined"],
-                "gt_empty": metrics["gt_empty"],
-                "false_positive_on_empty": metrics["false_positive_on_empty"],
+                **{name: metrics[name] for name in TEST_METRICS},
                 "best_epoch": metrics["best_epoch"],
                 "epochs": len(dice),
                 "energy_j": gpu.get("energy_j_total"),
@@ -98,23 +76,22 @@ def runs(results: Path, study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def stacked(results: Path, study: Study, name: str) -> pd.DataFrame:
-    """One CSV of every run folder, stacked, with dataset, model and seed columns added."""
+def stacked(study: Study, results: Path, read) -> pd.DataFrame:
+    """One file of every run folder (`read(folder)` gives its frame), stacked, with dataset, model
+    and seed columns added."""
     frames = [
-        read_csv(run_dir(results, dataset, model, seed) / name).assign(
-            dataset=dataset, model=model, seed=seed
-        )
-        for dataset, model, seed in study.runs()
+        read(folder).assign(dataset=dataset, model=model, seed=seed)
+        for dataset, model, seed, folder in study.run_folders(results)
     ]
     return pd.concat(frames, ignore_index=True)
 
 
 def histories(results: Path, study: Study) -> pd.DataFrame:
-    return stacked(results, study, "history.csv")
+    return stacked(study, results, RunFolder.read_history)
 
 
 def per_image(results: Path, study: Study) -> pd.DataFrame:
-    return stacked(results, study, "per_image.csv")
+    return stacked(study, results, RunFolder.read_per_image)
 
 
 def benches(results: Path, study: Study) -> pd.DataFrame:
@@ -122,7 +99,7 @@ def benches(results: Path, study: Study) -> pd.DataFrame:
     rows = []
     for dataset in study.datasets:
         for model in study.models:
-            bench = read_json(results / dataset / model / "bench.json")
+            bench = read_bench(results, dataset, model)
             largest = max(
                 (row for row in bench["throughput"] if "images_per_s" in row),
                 key=lambda row: row["batch_size"],

@@ -1,6 +1,6 @@
 """Figures: validation-Dice curves (Fig. 8), example predictions (Fig. 7), per-image Dice
-distributions, and GPU power and energy where NVML data exists. Each is saved as PNG (for the
-page) and SVG (for papers)."""
+distributions, and GPU power and energy (figure_kinds.FIGURE_KINDS lists them). Each is saved as
+PNG (for the page) and SVG (for papers)."""
 
 from pathlib import Path
 
@@ -11,11 +11,13 @@ import seaborn as sns
 import torch
 
 from rdiunet.data.dataset import load_prepared
-from rdiunet.fileio import atomic_path, read_json
-from rdiunet.metrics import confusion, dice_from_counts
-from rdiunet.models import build
+from rdiunet.fileio import atomic_path
+from rdiunet.metrics import dice
+from rdiunet.runfolder import RunFolder
 
-from .collect import Study, run_dir
+from . import collect
+from .collect import Study
+from .figure_kinds import FIGURE_KINDS
 
 EXAMPLES = 4
 PALETTE = {"unet": "#1f77b4", "rdiunet": "#d62728"}
@@ -83,14 +85,10 @@ def dice_distribution(per_image: pd.DataFrame, dataset: str, study: Study, out: 
     return save(figure, out, f"dice_distribution_{dataset}")
 
 
-def predict(results: Path, dataset: str, model: str, seed: int, images: torch.Tensor) -> np.ndarray:
+def predict(folder: RunFolder, images: torch.Tensor) -> np.ndarray:
     """Binary predictions of a run's best weights (on the CPU: a few images only)."""
-    folder = run_dir(results, dataset, model, seed)
-    config = read_json(folder / "run.json")["config"]
-    network = build(config["model"], **config["model_options"])
-    network.load_state_dict(torch.load(folder / "best.pt", map_location="cpu", weights_only=True)["model"])
     with torch.no_grad():
-        return (network.eval()(images.float() / 255) > 0).numpy()[:, 0]
+        return (folder.load_model()(images.float() / 255) > 0).numpy()[:, 0]
 
 
 def examples(results: Path, data: Path, dataset: str, study: Study, out: Path) -> list[Path]:
@@ -101,7 +99,7 @@ def examples(results: Path, data: Path, dataset: str, study: Study, out: Path) -
     chosen = order[np.linspace(0, len(order) - 1, min(EXAMPLES, len(order))).round().astype(int)]
     images, masks = test.images[chosen], test.masks[chosen]
     seed = study.seeds[0]
-    predictions = {m: predict(results, dataset, m, seed, images) for m in study.models}
+    predictions = {m: predict(RunFolder.of(results, dataset, m, seed), images) for m in study.models}
     columns = ["image", "ground truth", *study.models]
     figure, axes = plt.subplots(
         len(chosen), len(columns), figsize=(2.2 * len(columns), 2.2 * len(chosen)), squeeze=False
@@ -113,9 +111,7 @@ def examples(results: Path, data: Path, dataset: str, study: Study, out: Path) -
         axes[row, 1].imshow(truth, cmap="gray")
         for column, model in enumerate(study.models, start=2):
             pred = predictions[model][row].astype(bool)
-            score = float(
-                dice_from_counts(confusion(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None]))[0]
-            )
+            score = dice(pred[None], truth[None])
             overlay = np.stack([image / 255] * 3, axis=-1) * 0.7
             overlay[pred] = overlay[pred] * 0.4 + np.array([1.0, 0.2, 0.2]) * 0.6
             axes[row, column].imshow(overlay)
@@ -133,26 +129,27 @@ def examples(results: Path, data: Path, dataset: str, study: Study, out: Path) -
 
 
 def gpu_power(results: Path, dataset: str, study: Study, out: Path) -> list[Path]:
-    """Power over training time per model (first seed) and energy per run; nothing without NVML data."""
-    traces, energies = {}, []
-    for model in study.models:
-        for seed in study.seeds:
-            folder = run_dir(results, dataset, model, seed)
-            samples = pd.read_csv(folder / "gpu.csv") if (folder / "gpu.csv").exists() else pd.DataFrame()
-            if seed == study.seeds[0] and not samples.empty and samples.power_w.notna().any():
-                traces[model] = samples.assign(minutes=(samples.time - samples.time.iloc[0]) / 60)
-            energy = (read_json(folder / "metrics.json").get("gpu") or {}).get("energy_j_total")
-            if energy is not None:
-                energies.append({"model": model, "seed": seed, "energy_kj": energy / 1000})
-    if not traces:
-        return []
+    """Power over training time per model (first seed) and energy per run; where no run has NVML
+    samples, a figure that says why (from the runs' own GPU records)."""
+    traces, energies, reasons = {}, [], set()
+    for model, seed in ((m, s) for m in study.models for s in study.seeds):
+        folder = RunFolder.of(results, dataset, model, seed)
+        samples = folder.read_gpu_samples()
+        if seed == study.seeds[0] and not samples.empty and samples.power_w.notna().any():
+            traces[model] = samples.assign(minutes=(samples.time - samples.time.iloc[0]) / 60)
+        gpu = folder.read_metrics().get("gpu") or {}
+        if gpu.get("energy_j_total") is not None:
+            energies.append({"model": model, "seed": seed, "energy_kj": gpu["energy_j_total"] / 1000})
+        if not gpu.get("available", False):
+            reasons.add(gpu.get("reason", "no GPU record"))
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for model, trace in traces.items():
         left.plot(trace.minutes, trace.power_w, color=colour(model), label=model, linewidth=0.8)
     left.set(
         xlabel="training time (min)", ylabel="GPU power (W)", title=f"{dataset}: power, seed {study.seeds[0]}"
     )
-    left.legend(fontsize=8)
+    if traces:
+        left.legend(fontsize=8)
     if energies:
         frame = pd.DataFrame(energies)
         sns.barplot(
@@ -165,19 +162,34 @@ def gpu_power(results: Path, dataset: str, study: Study, out: Path) -> list[Path
             palette={m: colour(m) for m in frame.model.unique()},
             legend=False,
         )
-        right.set(ylabel="energy per training run (kJ)", xlabel="", title="energy per run (mean ± SD)")
+    right.set(ylabel="energy per training run (kJ)", xlabel="", title="energy per run (mean ± SD)")
+    if not traces:
+        why = "; ".join(sorted(reasons)) or "gpu.csv holds no power samples"
+        for axis in (left, right):
+            axis.text(
+                0.5, 0.5, f"no NVML samples:\n{why}", ha="center", va="center", transform=axis.transAxes
+            )
     return save(figure, out, f"gpu_power_{dataset}")
 
 
-def all_figures(
-    results: Path, data: Path, histories: pd.DataFrame, per_image: pd.DataFrame, study: Study, out: Path
-) -> list[Path]:
+def all_figures(results: Path, data: Path, study: Study, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
+    histories, per_image = collect.histories(results, study), collect.per_image(results, study)
+    draw = {
+        "dice_curves": lambda dataset: dice_curves(histories, dataset, study, out),
+        "examples": lambda dataset: examples(results, data, dataset, study, out),
+        "dice_distribution": lambda dataset: dice_distribution(per_image, dataset, study, out),
+        "gpu_power": lambda dataset: gpu_power(results, dataset, study, out),
+    }
     paths = []
     for dataset in study.datasets:
-        paths += dice_curves(histories, dataset, study, out)
-        paths += examples(results, data, dataset, study, out)
-        paths += dice_distribution(per_image, dataset, study, out)
-        paths += gpu_power(results, dataset, study, out)
+        for kind in FIGURE_KINDS:
+            paths += draw[kind](dataset)
     return paths
+
+
+def figures_command(results: Path, data: Path, config: dict, out: Path) -> None:
+    """`rdiunet figures`: every kind of figure for every dataset."""
+    for path in all_figures(results, data, Study.from_config(config), out):
+        print(path)

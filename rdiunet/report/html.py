@@ -6,34 +6,19 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from rdiunet import paper
 from rdiunet.fileio import atomic_path, read_json
 from rdiunet.provenance import now
+from rdiunet.runfolder import bench_path
 
-from .claims import RULES
-from .collect import Study, run_dir
-from .tables import fmt, pm, signed
-
-FIGURE_KINDS = (
-    (
-        "dice_curves",
-        "Validation Dice per epoch (Fig. 8): mean over seeds with a ±1 SD band; the dashed line is "
-        "the Table 2 convergence threshold.",
-    ),
-    (
-        "examples",
-        "Example test predictions (Fig. 7): image, ground truth, and each model's prediction (red) "
-        "with the ground-truth outline (green) and the image's Dice.",
-    ),
-    (
-        "dice_distribution",
-        "Per-image test Dice, averaged over seeds: box per model with every image over it.",
-    ),
-    ("gpu_power", "GPU power during training (first seed) and energy per training run, from NVML."),
-)
+from . import collect
+from .claims import RULES, claims_frame, evaluate_claims
+from .collect import Study
+from .columns import TABLE1, TABLE2, rendered
+from .figure_kinds import FIGURE_KINDS
+from .tables import table1, table2
 
 
 def data_uri(path: Path) -> str:
@@ -43,7 +28,7 @@ def data_uri(path: Path) -> str:
 def figures_by_dataset(figures: Path, study: Study) -> dict[str, list[dict]]:
     found = defaultdict(list)
     for dataset in study.datasets:
-        for kind, caption in FIGURE_KINDS:
+        for kind, caption in FIGURE_KINDS.items():
             png = figures / f"{kind}_{dataset}.png"
             if png.exists():
                 found[dataset].append({"src": data_uri(png), "caption": caption, "name": png.name})
@@ -66,10 +51,9 @@ def rule_times(timing: Path) -> list[dict]:
 
 def provenance(results: Path, data: Path, study: Study) -> dict:
     environments, devices, commits, settings = [], set(), set(), set()
-    for dataset, model, seed in study.runs():
-        run_file = run_dir(results, dataset, model, seed) / "run.json"
-        if run_file.exists():
-            run = read_json(run_file)
+    for _, _, _, folder in study.run_folders(results):
+        if folder.run_info.exists():
+            run = folder.read_run()
             environments.append(run["environment"])
             devices.add(run["environment"]["device_name"])
             commits.add(run["environment"].get("git_commit") or "unknown")
@@ -88,7 +72,7 @@ def provenance(results: Path, data: Path, study: Study) -> dict:
     driver = None
     for dataset in study.datasets:
         for model in study.models:
-            bench_file = results / dataset / model / "bench.json"
+            bench_file = bench_path(results, dataset, model)
             if bench_file.exists():
                 bench = read_json(bench_file)["environment"]
                 devices.add(bench["device_name"])
@@ -103,42 +87,39 @@ def provenance(results: Path, data: Path, study: Study) -> dict:
     }
 
 
-def table_rows(frame: pd.DataFrame) -> list[dict]:
-    return frame.to_dict("records")
-
-
-def render(
-    claims: pd.DataFrame,
-    table1: pd.DataFrame,
-    table2: pd.DataFrame,
-    figures: dict,
-    config: dict,
-    study: Study,
-    provenance_info: dict,
-    times: list[dict],
-) -> str:
+def render(page: dict) -> str:
     environment = Environment(
         loader=PackageLoader("rdiunet.report", "templates"), autoescape=select_autoescape(["html", "j2"])
     )
-    environment.filters.update(fmt=fmt, pm=pm, signed=signed)
-    template = environment.get_template("report.html.j2")
-    return template.render(
-        synthetic=study.synthetic,
-        claims=table_rows(claims),
-        rules=RULES,
-        table1=table_rows(table1),
-        table2=table_rows(table2),
-        figures=figures,
-        config_yaml=json.dumps(config, indent=2),
-        provenance=provenance_info,
-        times=times,
-        paper_hardware=paper.HARDWARE,
-        created=now(),
-        seeds=len(study.seeds),
-    )
+    return environment.get_template("report.html.j2").render(**page)
 
 
 def write_report(html: str, out: Path) -> Path:
     with atomic_path(out) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return out
+
+
+def report_command(results: Path, data: Path, figures: Path, timing: Path, config: dict, out: Path) -> None:
+    """`rdiunet report`: report.html and claims.csv beside it."""
+    study = Study.from_config(config)
+    runs, benches = collect.runs(results, study), collect.benches(results, study)
+    claims = claims_frame(evaluate_claims(runs, collect.per_image(results, study), benches, study))
+    page = {
+        "synthetic": study.synthetic,
+        "claims": claims.to_dict("records"),
+        "rules": RULES,
+        "table1": rendered(TABLE1, table1(runs, benches, study).to_dict("records")),
+        "table2": rendered(TABLE2, table2(runs, study).to_dict("records")),
+        "figures": figures_by_dataset(figures, study),
+        "config_yaml": json.dumps(config, indent=2),
+        "provenance": provenance(results, data, study),
+        "times": rule_times(timing),
+        "paper_hardware": paper.HARDWARE,
+        "created": now(),
+        "seeds": len(study.seeds),
+    }
+    write_report(render(page), out)
+    with atomic_path(out.with_name("claims.csv")) as tmp:
+        claims.to_csv(tmp, index=False)
+    print(out)

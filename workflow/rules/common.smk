@@ -2,8 +2,13 @@
 
 import os
 import shlex
+import sys
 
 from snakemake.utils import validate
+
+# The workflow reads a few dependency-free facts from the package (figure kinds); the checkout is
+# importable whatever environment Snakemake itself runs in.
+sys.path.insert(0, workflow.basedir)
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -88,10 +93,11 @@ def bench_flags(wildcards):
         f"--size {dataset_config(wildcards)['size']}",
         f"--runs {bench['runs']}",
         f"--warmup {bench['warmup']}",
-        f"--batch-sizes {option_value(bench['batch_sizes'])}",
         f"--amp {bench['amp']}",
         f"--device {bench['device']}",
     ]
+    # Unset: the benchmark's own default for the device it runs on.
+    flags += [f"--batch-sizes {option_value(bench['batch_sizes'])}"] if "batch_sizes" in bench else []
     flags += ["--channels-last"] if bench["channels_last"] else []
     return " ".join(flags)
 

@@ -3,10 +3,11 @@
 
 import json
 
+from rdiunet.report.figure_kinds import FIGURE_KINDS
+
 # The resolved configuration (defaults filled in by the schema) is what the report describes.
 CONFIG_JSON = shlex.quote(json.dumps(config))
 TABLES = expand("reports/{table}.{ext}", table=["table1", "table2"], ext=["csv", "md"])
-FIGURE_KINDS = ["dice_curves", "examples", "dice_distribution"]
 
 REPORT_TARGETS = TABLES + ["reports/report.html"]
 

@@ -6,13 +6,15 @@ validation (100) and test (1,000) sets are used as such when their archives are 
 import re
 from pathlib import Path
 
+import numpy as np
+from scipy import ndimage
+
 from rdiunet.data.archive import open_zip
 from rdiunet.data.download import Remote, fetch
+from rdiunet.data.source import Member, Pair, Source, match_pairs
+from rdiunet.data.synthetic import encode, image_rng, smooth_noise, to_uint8, write_zip
 from rdiunet.errors import UserError
 
-from . import Member, Pair, match_pairs
-
-SIZE = 128
 HOSTS = (
     "https://isic-archive.s3.amazonaws.com/challenges/2018",
     "https://isic-challenge-data.s3.amazonaws.com/2018",
@@ -92,3 +94,72 @@ def pairs(raw: Path, workdir: Path) -> list[Pair]:
             for key in match_pairs(images, masks, f"{raw / inputs}.zip")
         ]
     return found
+
+
+# --- synthetic stand-in ---------------------------------------------------------------------------
+
+
+def isic_image(rng: np.random.Generator, width: int):
+    h, w = int(width * rng.uniform(0.66, 0.8)), width
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    skin_tone = np.array([rng.uniform(200, 235), rng.uniform(150, 185), rng.uniform(120, 160)])
+    shade = 8 * smooth_noise(rng, (h // 8, w // 8), 6)
+    shade = ndimage.zoom(shade, (h / shade.shape[0], w / shade.shape[1]), order=1)
+    # Dermoscopes show a dark circular vignette at the corners.
+    vignette = np.clip(1.25 - np.hypot((yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2)) * 0.45, 0.3, 1)
+    # Lesion: a star-shaped outline r(theta) with a few random harmonics.
+    cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
+    r0 = min(h, w) * rng.uniform(0.18, 0.3)
+    theta = np.arctan2(yy - cy, xx - cx)
+    outline = np.ones_like(theta)
+    for k in range(2, 7):
+        outline += rng.uniform(0, 0.12 / k**0.5) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    radius = np.hypot(yy - cy, xx - cx) / (r0 * outline)
+    mask = radius <= 1
+    edge = 1 / (1 + np.exp((radius - 1) * 25))
+    pigment = np.array([rng.uniform(90, 140), rng.uniform(50, 80), rng.uniform(30, 60)])
+    blotches = 0.8 + 0.2 * smooth_noise(rng, (h // 4, w // 4), 3)
+    blotches = ndimage.zoom(blotches, (h / blotches.shape[0], w / blotches.shape[1]), order=1)
+    colour = (skin_tone + shade[..., None]) * (1 - edge[..., None]) + (
+        pigment * blotches[..., None] * edge[..., None]
+    )
+    image = colour * vignette[..., None] + rng.normal(0, 4, (h, w, 1))
+    return to_uint8(image), mask
+
+
+ISIC_WIDTHS = (600, 1024)
+
+
+def synth_isic(
+    out: Path, n: int, seed: int, official_splits: bool = False, widths: tuple[int, int] = ISIC_WIDTHS
+) -> list[Path]:
+    counts = [n] + ([max(2, n // 10), max(2, n // 5)] if official_splits else [])
+    written, first_id = [], 0
+    for (_, inputs, truth, *_), count in zip(PARTS, counts, strict=False):
+        images, masks = [], []
+        for index in range(first_id, first_id + count):
+            rng = image_rng(seed, "isic", index)
+            image, mask = isic_image(rng, int(rng.integers(widths[0], widths[1] + 1)))
+            images.append((f"{inputs}/ISIC_{index:07d}.jpg", encode(image, "JPEG", quality=90)))
+            masks.append(
+                (f"{truth}/ISIC_{index:07d}_segmentation.png", encode(to_uint8(mask * 255.0), "PNG"))
+            )
+        first_id += count
+        # JPEGs do not shrink under deflate; store them as the real archive does.
+        write_zip(out / f"{inputs}.zip", images, compress=False)
+        write_zip(out / f"{truth}.zip", masks)
+        written += [out / f"{inputs}.zip", out / f"{truth}.zip"]
+    return written
+
+
+SOURCE = Source(
+    name="isic",
+    size=128,
+    keep_empty=True,
+    synthetic_n=80,
+    download=download,
+    archives=archives,
+    pairs=pairs,
+    synthesize=synth_isic,
+    official_splits=True,
+)

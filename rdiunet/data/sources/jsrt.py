@@ -7,13 +7,15 @@ One image per patient, so the image id is its own group.
 import re
 from pathlib import Path
 
+import numpy as np
+from scipy import ndimage
+
 from rdiunet.data.archive import open_zip
 from rdiunet.data.download import Remote, fetch
+from rdiunet.data.source import Member, Pair, Source, match_pairs
+from rdiunet.data.synthetic import ellipse, encode, image_rng, smooth_noise, to_uint8, write_zip
 from rdiunet.errors import UserError
 
-from . import Member, Pair, match_pairs
-
-SIZE = 256
 ARCHIVE = "Segmentation01.zip"
 REMOTE = Remote(
     ARCHIVE,
@@ -54,3 +56,59 @@ def pairs(raw: Path, workdir: Path) -> list[Pair]:
         )
         for part, stem in match_pairs(images, masks, str(source))
     ]
+
+
+# --- synthetic stand-in ---------------------------------------------------------------------------
+
+JSRT_SIDE = 256
+
+
+def jsrt_image(rng: np.random.Generator):
+    s = JSRT_SIDE
+    yy, xx = np.mgrid[:s, :s] / s
+    # Body: a bright, soft-edged torso; darker air outside it.
+    torso = ellipse((s, s), (0.55 * s, 0.5 * s), (0.62 * s, 0.47 * s), 0)
+    body = 35 + 150 / (1 + np.exp((torso - 1) * 12))
+    lungs = np.zeros((s, s), dtype=bool)
+    top, bottom = rng.uniform(0.12, 0.2), rng.uniform(0.72, 0.85)
+    for side, width in ((-1, rng.uniform(0.15, 0.19)), (1, rng.uniform(0.13, 0.17))):
+        centre_x = 0.5 + side * rng.uniform(0.17, 0.21)
+        # A lung field: rounded apex, widening downwards, flat-ish diaphragm at the bottom.
+        t = np.clip((yy - top) / (bottom - top), 0, 1)
+        half_width = width * np.sqrt(np.clip(t, 0, 1)) * (1.1 - 0.25 * t)
+        inside = (yy > top) & (yy < bottom) & (np.abs(xx - centre_x - side * 0.03 * t) < half_width)
+        lungs |= inside
+    lungs = ndimage.binary_opening(lungs, iterations=2)
+    soft = ndimage.gaussian_filter(lungs.astype(float), 2)
+    ribs = np.sin(2 * np.pi * (yy * rng.uniform(9, 12) + 0.15 * np.cos(np.pi * (xx - 0.5) * 3)))
+    spine = np.exp(-(((xx - 0.5) / 0.05) ** 2)) * (yy > 0.05)
+    image = body - 95 * soft + 12 * ribs * soft + 30 * spine + 6 * smooth_noise(rng, (s, s), 6)
+    image += rng.normal(0, 3, (s, s))
+    return to_uint8(image), lungs
+
+
+def synth_jsrt(out: Path, n: int, seed: int) -> list[Path]:
+    n_test = max(1, round(n * 48 / 247))
+    members = []
+    for index in range(n):
+        part, number = ("train", index) if index < n - n_test else ("test", index - (n - n_test))
+        image, mask = jsrt_image(image_rng(seed, "jsrt", index))
+        members.append((f"Segmentation01/{part}/org/{number:03d}.png", encode(image, "PNG")))
+        members.append(
+            (f"Segmentation01/{part}/label/{number:03d}.png", encode(to_uint8(mask * 255.0), "PNG"))
+        )
+    target = out / ARCHIVE
+    write_zip(target, members)
+    return [target]
+
+
+SOURCE = Source(
+    name="jsrt",
+    size=256,
+    keep_empty=True,
+    synthetic_n=60,
+    download=download,
+    archives=archives,
+    pairs=pairs,
+    synthesize=synth_jsrt,
+)

@@ -1,0 +1,57 @@
+"""What a dataset source is: where its data comes from, how its archives are laid out, the
+paper's image size, and how a synthetic stand-in is written. Each module in rdiunet/data/sources/
+declares one `Source`; `Pair`s of archive `Member`s are what it hands to `prepare`."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdiunet.errors import UserError
+
+
+@dataclass(frozen=True)
+class Member:
+    """A file inside a zip archive."""
+
+    archive: Path
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.archive.name}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its mask; `official` is the source's own split (0 train, 1 val, 2 test)."""
+
+    id: str
+    group: str
+    image: Member
+    mask: Member
+    official: int | None = None
+
+
+def match_pairs(images: dict[str, Member], masks: dict[str, Member], what: str) -> list[str]:
+    """Keys present in both; an image without a mask (or the reverse) is an error naming it."""
+    unmasked = sorted(images.keys() - masks.keys())
+    if unmasked:
+        raise UserError(f"{what}: image {images[unmasked[0]]} has no mask")
+    orphans = sorted(masks.keys() - images.keys())
+    if orphans:
+        raise UserError(f"{what}: mask {masks[orphans[0]]} has no image")
+    return sorted(images)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset: its facts and the functions that fetch, read and synthesise it."""
+
+    name: str
+    size: int  # the paper's image side after preparation
+    keep_empty: bool  # keep images whose mask is empty, unless the user says otherwise
+    synthetic_n: int  # images in a synthetic stand-in, unless the user says otherwise
+    download: Callable[..., list[Path]]  # (out, mirrors, official_splits) -> the archives fetched
+    archives: Callable[[Path], list[Path]]  # raw folder -> the archives prepare reads
+    pairs: Callable[[Path, Path], list[Pair]]  # (raw folder, work folder) -> image/mask pairs
+    synthesize: Callable[..., list[Path]]  # (out, n, seed, **options) -> the archives written
+    official_splits: bool = False  # offers official validation and test archives to fetch

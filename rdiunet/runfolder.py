@@ -1,0 +1,108 @@
+"""Where a results tree keeps its files, and one type that owns a training run's folder.
+
+    results/{dataset}/{model}/seed{seed}/   one training run (RunFolder)
+    results/{dataset}/{model}/bench.json    the benchmark of that model at the dataset's image size
+
+Every reader of a run (training, evaluation, collection, figures, the report) goes through
+RunFolder, so the file names live here only. A missing or damaged file is one error line.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdiunet.errors import UserError
+from rdiunet.fileio import read_json
+
+RERUN = "run the workflow (or rdiunet train) for it first"
+
+
+def bench_path(results: Path, dataset: str, model: str) -> Path:
+    return Path(results) / dataset / model / "bench.json"
+
+
+def read_bench(results: Path, dataset: str, model: str) -> dict:
+    return read_json(bench_path(results, dataset, model), "run the workflow (or rdiunet bench) for it first")
+
+
+def read_csv(path: Path):
+    """A CSV as a pandas frame; missing or unreadable is one error line."""
+    import pandas as pd
+
+    if not path.exists():
+        raise UserError(f"{path} is missing; {RERUN}")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} cannot be read as CSV ({error}); {RERUN}") from None
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One training run's folder (docs/training.md lists what each file holds)."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, results: Path, dataset: str, model: str, seed: int) -> "RunFolder":
+        return cls(Path(results) / dataset / model / f"seed{seed}")
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def per_image(self) -> Path:
+        return self.path / "per_image.csv"
+
+    @property
+    def gpu(self) -> Path:
+        return self.path / "gpu.csv"
+
+    @property
+    def run_info(self) -> Path:
+        return self.path / "run.json"
+
+    def finished_files(self) -> tuple[Path, ...]:
+        """What a finished run holds; with all of them present a rerun has nothing to train."""
+        return (self.metrics, self.per_image, self.history, self.checkpoint, self.best)
+
+    def read_history(self):
+        return read_csv(self.history)
+
+    def read_per_image(self):
+        return read_csv(self.per_image)
+
+    def read_gpu_samples(self):
+        """NVML samples as a frame; empty where the run used no GPU or wrote no samples."""
+        import pandas as pd
+
+        return read_csv(self.gpu) if self.gpu.exists() else pd.DataFrame()
+
+    def read_metrics(self) -> dict:
+        return read_json(self.metrics, RERUN)
+
+    def read_run(self) -> dict:
+        return read_json(self.run_info, RERUN)
+
+    def load_model(self):
+        """The run's best weights in its own model, on the CPU, in eval mode."""
+        import torch
+
+        from rdiunet.models import build
+
+        config = self.read_run()["config"]
+        network = build(config["model"], **config["model_options"])
+        network.load_state_dict(torch.load(self.best, map_location="cpu", weights_only=True)["model"])
+        return network.eval()
