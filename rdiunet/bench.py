@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rdiunet.errors import UserError
 from rdiunet.fileio import write_json
 from rdiunet.gpu import GpuSampler, driver_version
 from rdiunet.models import build
@@ -172,18 +171,9 @@ def bench_model(
     return {"latency_ms": latency, "throughput": throughput, **peak}
 
 
-def check_settings(settings: BenchSettings) -> None:
-    if settings.size < 16 or settings.size % 16:
-        raise UserError(f"--size must be a positive multiple of 16, got {settings.size}")
-    if settings.runs < 1:
-        raise UserError(f"--runs must be positive, got {settings.runs}")
-    if settings.batch_sizes is not None and (not settings.batch_sizes or min(settings.batch_sizes) < 1):
-        raise UserError(f"--batch-sizes takes positive integers like 1,8,64,256; got {settings.batch_sizes}")
-
-
 def bench(settings: BenchSettings) -> dict:
     """Benchmark one model as `settings` say; the report holds everything needed to read the numbers."""
-    check_settings(settings)
+    settings.check()
     runtime = make_runtime(
         settings.device, amp=settings.amp, channels_last=settings.channels_last, threads=settings.threads
     )

@@ -66,12 +66,16 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_download(args: argparse.Namespace) -> None:
     from rdiunet.data.raw import download
 
-    download(args.dataset, Path(args.out), tuple(args.mirror), args.official_splits)
+    download(
+        args.dataset, Path(args.out), tuple(args.mirror), args.official_splits, args.allow_checksum_mismatch
+    )
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
     from rdiunet.data.raw import synthesize
 
+    if args.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {args.seed}")
     synthesize(args.dataset, Path(args.out), args.n, args.seed, args.official_splits)
 
 
@@ -120,7 +124,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_tables(args: argparse.Namespace) -> None:
     from rdiunet.report.tables import tables_command
 
-    tables_command(Path(args.results), load_config(args), Path(args.out))
+    tables_command(Path(args.results), Path(args.data), load_config(args), Path(args.out))
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
@@ -161,6 +165,9 @@ def load_config(args: argparse.Namespace) -> dict:
 
 def add_study_arguments(command: argparse.ArgumentParser, out: str, out_help: str) -> None:
     command.add_argument("--results", default="results", help="results tree written by the workflow")
+    command.add_argument(
+        "--data", default="data/prepared", help="folder of the prepared .npz/.json files the runs must match"
+    )
     command.add_argument("--config", default=None, help="the workflow's config.yaml")
     command.add_argument("--config-json", default=None, help="the resolved configuration as JSON")
     command.add_argument("--out", default=out, help=out_help)
@@ -195,6 +202,11 @@ def add_download_parser(verbs) -> None:
     )
     download.add_argument(
         "--official-splits", action="store_true", help="also fetch the official validation and test sets"
+    )
+    download.add_argument(
+        "--allow-checksum-mismatch",
+        action="store_true",
+        help="accept archives whose sha256 differs from the expected one (a loud warning, not an error)",
     )
     download.set_defaults(handler=cmd_download)
 
@@ -281,12 +293,10 @@ def add_report_parsers(verbs) -> None:
         "figures", help="Dice curves, example predictions, Dice distributions, GPU power"
     )
     add_study_arguments(figures, "reports/figures", "output folder")
-    figures.add_argument("--data", default="data/prepared", help="folder of the prepared .npz files")
     figures.set_defaults(handler=cmd_figures)
 
     report = verbs.add_parser("report", help="the self-contained HTML report (and claims.csv beside it)")
     add_study_arguments(report, "reports/report.html", "output .html; claims.csv is written beside it")
-    report.add_argument("--data", default="data/prepared", help="folder of the prepared .npz/.json files")
     report.add_argument("--figures", default="reports/figures", help="folder written by rdiunet figures")
     report.add_argument(
         "--timing", default="logs/timing", help="Snakemake benchmark files (per-rule run times)"
@@ -322,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except UserError as error:
-        print(f"rdiunet: error: {error}", file=sys.stderr)
+        # One line, whatever a library put into the message it wraps.
+        print(f"rdiunet: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rdiunet.data.dataset import Split, batches, load_prepared
+from rdiunet.data.dataset import Prepared, Split, batches, open_prepared
 from rdiunet.errors import UserError
 from rdiunet.fileio import atomic_path, write_json
 from rdiunet.metrics import TEST_METRICS, Scores, confusion, dice_from_counts, hd95, iou_from_counts
@@ -71,15 +71,18 @@ def write_per_image(folder: RunFolder, scores: Scores) -> None:
 
 def evaluate_run(
     folder: RunFolder,
-    test: Split,
+    data: Prepared,
     model,
     runtime: Runtime,
     settings: TrainSettings,
+    identity: dict,
     gpu: dict | None = None,
 ) -> dict:
-    """Load best.pt into `model`, score the test split, write metrics.json and per_image.csv."""
-    best = torch.load(folder.best, map_location="cpu", weights_only=True)
+    """Load best.pt (verified) into `model`, score the test split, write metrics.json and
+    per_image.csv; metrics.json records the identity and the weights it scored."""
+    best = folder.load_best(identity)
     model.load_state_dict(best["model"])
+    test = data.splits["test"]
     scores = score(model, test.to(runtime.device), settings.batch_size, runtime)
     write_per_image(folder, scores)
     metrics = {
@@ -89,6 +92,8 @@ def evaluate_run(
         "best_epoch": best["epoch"],
         "best_val_dice": best["val_dice"],
         "epochs": settings.epochs,
+        "identity": identity,
+        "weights_sha256": best["weights_sha256"],
         "gpu": gpu if gpu is not None else previous_gpu_summary(folder),
     }
     write_json(folder.metrics, metrics)
@@ -97,19 +102,38 @@ def evaluate_run(
 
 def previous_gpu_summary(folder: RunFolder) -> dict:
     """The training's GPU summary, kept when the test metrics are recomputed."""
-    if folder.metrics.exists():
-        return folder.read_metrics().get("gpu", {})
-    return {"available": False, "reason": "recomputed by rdiunet evaluate; training's record was not found"}
+    try:
+        gpu = folder.read_metrics().get("gpu")
+    except (UserError, AttributeError):
+        gpu = None
+    return gpu or {
+        "available": False,
+        "reason": "recomputed by rdiunet evaluate; training's record was not found",
+    }
 
 
 def evaluate(folder: RunFolder, device: str = "auto") -> dict:
-    """Recompute metrics.json and per_image.csv of a run folder from its saved best weights."""
+    """Recompute metrics.json and per_image.csv of a run folder from its saved best weights, after
+    checking that the data and the weights are the ones the run was trained on."""
     if not folder.run_info.exists() or not folder.best.exists():
         raise UserError(
             f"{folder.path} is not a trained run (run.json and best.pt are needed); run rdiunet train"
         )
-    settings = TrainSettings(**{**folder.read_run()["config"], "device": device})
-    runtime = training_runtime(settings)
-    model = runtime.prepare_model(build(settings.model, **settings.model_options))
-    data = load_prepared(settings.data)
-    return evaluate_run(folder, data["test"], model, runtime, settings)
+    with folder.locked():
+        run = folder.read_run()
+        try:
+            settings = TrainSettings(**{**run["config"], "device": device})
+            trained_on = run["data_sha256"]
+        except (KeyError, TypeError) as error:
+            raise UserError(f"{folder.run_info} lacks {error}; retrain the run") from None
+        data = open_prepared(settings.data)
+        if data.sha256 != trained_on:
+            raise UserError(
+                f"{settings.data} changed since {folder.path} was trained (sha256 {data.sha256[:12]}, "
+                f"trained on {trained_on[:12]}): its test split may hold training images; prepare the "
+                "data as it was, or retrain"
+            )
+        identity = settings.identity(data.sha256)
+        runtime = training_runtime(settings)
+        model = runtime.prepare_model(build(settings.model, **settings.model_options))
+        return evaluate_run(folder, data, model, runtime, settings, identity)

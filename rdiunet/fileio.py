@@ -6,9 +6,11 @@ own check) sees either the old file, no file, or the complete new one.
 """
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,19 +31,84 @@ UMASK = _current_umask()
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike):
     """Yield a temporary path beside `target`; rename it to `target` if the block succeeds."""
-    target = Path(target)
+    with atomic_paths(target) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*targets: str | os.PathLike):
+    """Temporary paths beside several targets, renamed in the given order if the block succeeds.
+
+    The renames are not one atomic step; files written together also record each other's
+    checksums, so that a reader detects a pair that a kill split (rdiunet.data.dataset)."""
+    with contextlib.ExitStack() as stack:
+        temporaries = [stack.enter_context(_temporary(Path(t))) for t in targets]
+        yield temporaries
+        for tmp in temporaries:
+            os.chmod(tmp, 0o666 & ~UMASK)
+        for tmp, target in zip(temporaries, targets, strict=True):
+            os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _temporary(target: Path):
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        # mkstemp creates the file private (0600); give it the permissions of a normal new file.
-        os.chmod(tmp, 0o666 & ~UMASK)
-        os.replace(tmp, target)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+
+
+def remove_leftovers(target: Path, staging: Path | None = None) -> list[Path]:
+    """Remove what a killed writer of `target` left behind: its temporary files (atomic_path's
+    `.NAME.*.tmp`) and its staging folder. Call it only while holding the target's lock."""
+    removed = sorted(target.parent.glob(f".{target.name}.*.tmp")) if target.parent.exists() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if staging is not None and staging.exists():
+        shutil.rmtree(staging)
+        removed.append(staging)
+    return removed
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: str):
+    """Hold an exclusive lock on `path` for the block, or stop with `busy` if another process holds it.
+
+    The lock file is opened without following a symbolic link; the kernel releases the lock when
+    the process ends, however it ends. The file is removed when the block ends, and a process that
+    locked a file someone removed meanwhile tries again, so two holders can never coexist.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise UserError(f"cannot open the lock file {path} ({error.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise UserError(busy + (f" (process {holder})" if holder else "")) from None
+        try:
+            current = os.stat(path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder before us removed this file: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def write_json(target: str | os.PathLike, data) -> None:

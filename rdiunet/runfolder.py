@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rdiunet.errors import UserError
-from rdiunet.fileio import read_json
+from rdiunet.fileio import exclusive_lock, read_json, remove_leftovers
 
 RERUN = "run the workflow (or rdiunet train) for it first"
 
@@ -74,9 +74,22 @@ class RunFolder:
     def run_info(self) -> Path:
         return self.path / "run.json"
 
-    def finished_files(self) -> tuple[Path, ...]:
-        """What a finished run holds; with all of them present a rerun has nothing to train."""
-        return (self.metrics, self.per_image, self.history, self.checkpoint, self.best)
+    @property
+    def lock(self) -> Path:
+        return self.path / ".lock"
+
+    def locked(self):
+        """The folder to this process alone for the block (training or evaluating); a second
+        process that asks stops with one line."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        busy = f"another rdiunet job is writing {self.path}; wait for it, or use another --out folder"
+        return exclusive_lock(self.lock, busy)
+
+    def remove_leftovers(self) -> None:
+        """Temporary files of a killed writer (a half-written checkpoint is as large as a whole
+        one). Call it while holding the lock."""
+        for path in (self.history, self.checkpoint, self.best, self.metrics, self.per_image, self.run_info):
+            remove_leftovers(path)
 
     def read_history(self):
         return read_csv(self.history)
@@ -96,13 +109,21 @@ class RunFolder:
     def read_run(self) -> dict:
         return read_json(self.run_info, RERUN)
 
-    def load_model(self):
-        """The run's best weights in its own model, on the CPU, in eval mode."""
-        import torch
+    def load_best(self, identity: dict) -> dict:
+        """best.pt, verified: its weights match their sha256 and it belongs to this run."""
+        from rdiunet import checkpoints
 
+        fix = "retrain the run (delete its folder and run the workflow again)"
+        state = checkpoints.load(self.best, fix)
+        checkpoints.check_identity(self.best, state, identity, fix)
+        return state
+
+    def load_model(self):
+        """The run's best weights in its own model, on the CPU, in eval mode (verified against the
+        identity recorded in metrics.json)."""
         from rdiunet.models import build
 
         config = self.read_run()["config"]
         network = build(config["model"], **config["model_options"])
-        network.load_state_dict(torch.load(self.best, map_location="cpu", weights_only=True)["model"])
+        network.load_state_dict(self.load_best(self.read_metrics()["identity"])["model"])
         return network.eval()

@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rdiunet.data.dataset import Split, batches, load_prepared
+from rdiunet import checkpoints
+from rdiunet.data.dataset import Prepared, Split, batches, open_prepared
 from rdiunet.errors import UserError
 from rdiunet.evaluation import evaluate_run, run_split
-from rdiunet.fileio import atomic_path, read_json, sha256_of, write_json
+from rdiunet.fileio import atomic_path, write_json
 from rdiunet.gpu import GpuSampler
 from rdiunet.metrics import dice_from_counts, iou_from_counts
 from rdiunet.models import build
@@ -44,7 +45,6 @@ HISTORY_COLUMNS = (
     "seconds",
     "lr",
 )
-CHECKPOINT_FORMAT = 1
 PREEMPTED_EXIT = 128 + signal.SIGTERM
 
 
@@ -56,28 +56,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def data_summary(path: Path) -> dict | None:
-    """The prepared data's own summary (dataset, counts, size, whether it is synthetic)."""
-    summary = path.with_suffix(".json")
-    if not summary.exists():
-        return None
-    keys = ("dataset", "synthetic", "image_size", "counts", "split")
-    return {k: v for k, v in read_json(summary).items() if k in keys}
-
-
 def check_splits(data: dict[str, Split], path: str) -> None:
     for name in ("train", "val", "test"):
         if len(data[name]) == 0:
@@ -86,27 +64,43 @@ def check_splits(data: dict[str, Split], path: str) -> None:
             )
 
 
-def load_checkpoint(path: Path, identity: dict) -> dict:
+def data_record(data: Prepared) -> dict:
+    """What run.json keeps of the prepared data's summary (whether it is synthetic among it)."""
+    keys = ("dataset", "synthetic", "image_size", "counts", "split")
+    return {k: v for k, v in data.summary.items() if k in keys}
+
+
+OTHER_RUN = "use another --out folder, or delete this run folder to train afresh"
+
+
+def longer_run(folder: RunFolder, trained: int, epochs: int) -> str:
+    return (
+        f"{folder.path} holds a run of {trained} epochs and this one asks for {epochs}: the weights of "
+        f"a {epochs}-epoch run were not kept, so it cannot be cut back; ask for {trained} or more "
+        "epochs, or use another --out folder (or delete this one) to train afresh"
+    )
+
+
+def finished(folder: RunFolder, identity: dict, epochs: int) -> dict | None:
+    """The metrics of a run that already finished `epochs` epochs as asked, or None.
+
+    Decided from metrics.json and history.csv, never from checkpoint.pt: a damaged last
+    checkpoint matters only to training further, so a complete run stays complete."""
+    needed = (folder.metrics, folder.per_image, folder.history, folder.best)
+    if not all(path.exists() for path in needed):
+        return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for damaged files
-        raise UserError(f"{path} cannot be read ({error}); delete it to start the run afresh") from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} was written by another version of rdiunet; delete it to start afresh")
-    theirs = state["identity"]
-    differences = [key for key in identity if theirs.get(key) != identity[key]]
-    if differences:
-        key = differences[0]
-        raise UserError(
-            f"refusing to resume from {path}: it was trained with {key}={theirs.get(key)!r}, this "
-            f"run asks for {identity[key]!r}; use another --out folder or delete the checkpoint"
-        )
-    return state
-
-
-def save_torch(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        metrics = folder.read_metrics()
+        rows = len(folder.read_history())
+    except UserError:
+        return None  # damaged results are recomputed from the checkpoint
+    if not isinstance(metrics, dict) or "identity" not in metrics:
+        return None
+    checkpoints.check_identity(folder.metrics, metrics, identity, OTHER_RUN)
+    trained = metrics.get("epochs")
+    if isinstance(trained, int) and trained > epochs:
+        raise UserError(longer_run(folder, trained, epochs))
+    return metrics if trained == epochs == rows else None
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -146,18 +140,23 @@ class StopFlag:
 
 def train(settings: TrainSettings, out: Path, command: list[str] | None = None) -> dict:
     """Train (or resume, or do nothing if finished) and evaluate; return the test metrics."""
+    settings.check()
     folder = RunFolder(Path(out))
-    folder.path.mkdir(parents=True, exist_ok=True)
-    data_sha256 = sha256_of(settings.data) if Path(settings.data).exists() else None
-    data = load_prepared(settings.data)
-    check_splits(data, settings.data)
-    identity = settings.identity(data_sha256)
-    if all(path.exists() for path in folder.finished_files()):
-        state = load_checkpoint(folder.checkpoint, identity)
-        if state["epoch"] >= settings.epochs:
-            print(f"{out}: already complete ({state['epoch']} epochs); nothing to do", file=sys.stderr)
-            return folder.read_metrics()
+    with folder.locked():
+        folder.remove_leftovers()
+        data = open_prepared(settings.data)
+        check_splits(data.splits, settings.data)
+        identity = settings.identity(data.sha256)
+        metrics = finished(folder, identity, settings.epochs)
+        if metrics is not None:
+            print(f"{out}: already complete ({settings.epochs} epochs); nothing to do", file=sys.stderr)
+            return metrics
+        return run_training(settings, folder, data, identity, command)
 
+
+def run_training(
+    settings: TrainSettings, folder: RunFolder, data: Prepared, identity: dict, command: list[str] | None
+) -> dict:
     runtime = training_runtime(settings)
     torch.manual_seed(settings.seed)
     raw_model = runtime.prepare_model(build(settings.model, **settings.model_options))
@@ -167,13 +166,19 @@ def train(settings: TrainSettings, out: Path, command: list[str] | None = None) 
     epoch, skip, partial, history, best = 0, 0, {"loss_sum": 0.0, "images": 0, "seconds": 0.0}, [], None
     energy_before = 0.0  # GPU energy of the epochs kept from earlier, interrupted processes
     if folder.checkpoint.exists():
-        state = load_checkpoint(folder.checkpoint, identity)
+        fix = f"it holds the state needed to go on training; {OTHER_RUN}"
+        state = checkpoints.load(folder.checkpoint, fix)
+        checkpoints.check_identity(folder.checkpoint, state, identity, OTHER_RUN)
+        if state["epoch"] > settings.epochs:
+            raise UserError(longer_run(folder, state["epoch"], settings.epochs))
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        checkpoints.set_rng_state(state["rng"], runtime.device)
         epoch, skip, partial = state["epoch"], state["batch"], state["partial"]
         history, best = state["history"], state["best"]
+        if best is not None:
+            folder.load_best(identity)  # the best epoch so far cannot be trained again: check it now
         energy_before = state.get("gpu_energy_j") or 0.0
         where = f"epoch {epoch + 1}, batch {skip}" if skip else f"after epoch {epoch}"
         print(f"resuming from {folder.checkpoint} ({where})", file=sys.stderr, flush=True)
@@ -183,8 +188,9 @@ def train(settings: TrainSettings, out: Path, command: list[str] | None = None) 
         "command": command or sys.argv,
         "config": asdict(settings),
         "seed": settings.seed,
-        "data_sha256": data_sha256,
-        "data": data_summary(Path(settings.data)),
+        "identity": identity,
+        "data_sha256": data.sha256,
+        "data": data_record(data),
         "environment": environment(runtime.device),
         "settings": {
             **runtime.settings(),
@@ -195,14 +201,13 @@ def train(settings: TrainSettings, out: Path, command: list[str] | None = None) 
         "started": now(),
     }
     write_json(folder.run_info, run_info)
-    train_split = data["train"].to(runtime.device)
-    val_split = data["val"].to(runtime.device)
+    train_split = data.splits["train"].to(runtime.device)
+    val_split = data.splits["val"].to(runtime.device)
 
     def checkpoint(epoch_done: int, batch_done: int, partial_state: dict) -> None:
-        save_torch(
+        checkpoints.save(
             folder.checkpoint,
             {
-                "format": CHECKPOINT_FORMAT,
                 "identity": identity,
                 "epoch": epoch_done,
                 "batch": batch_done,
@@ -210,7 +215,7 @@ def train(settings: TrainSettings, out: Path, command: list[str] | None = None) 
                 "model": raw_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
-                "rng": rng_state(),
+                "rng": checkpoints.rng_state(runtime.device),
                 "history": history,
                 "best": best,
                 "gpu_energy_j": energy_before + (sampler.energy_so_far()[0] or 0.0),
@@ -266,7 +271,7 @@ def train(settings: TrainSettings, out: Path, command: list[str] | None = None) 
             history.append(row)
             if best is None or row["val_dice"] > best["val_dice"]:
                 best = {"epoch": epoch, "val_dice": row["val_dice"]}
-                save_torch(folder.best, {"model": raw_model.state_dict(), **best, "identity": identity})
+                checkpoints.save(folder.best, {"model": raw_model.state_dict(), **best, "identity": identity})
             skip, partial = 0, {"loss_sum": 0.0, "images": 0, "seconds": 0.0}
             checkpoint(epoch, 0, partial)
             write_history(folder.history, history)
@@ -279,7 +284,7 @@ def train(settings: TrainSettings, out: Path, command: list[str] | None = None) 
         # Energy of the whole training: this process's window plus the kept epochs of earlier ones.
         gpu["energy_j_total"] = energy_before + (gpu["energy_j"] or 0.0)
         gpu["torch_peak_memory_mib"] = torch.cuda.max_memory_allocated(runtime.device) / 2**20
-    metrics = evaluate_run(folder, data["test"], raw_model, runtime, settings, gpu=gpu)
+    metrics = evaluate_run(folder, data, raw_model, runtime, settings, identity, gpu=gpu)
     write_json(folder.run_info, {**run_info, "status": "complete", "finished": now()})
     return metrics
 

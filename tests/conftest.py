@@ -1,11 +1,13 @@
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # tests/slurm/ holds the helper that runs the one-node test cluster.
@@ -13,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from rdiunet import cli
 from rdiunet.data.synthetic import synthesize
+from rdiunet.fileio import sha256_of
+from rdiunet.settings import TrainSettings
 
 
 def run_cli(
@@ -52,6 +56,50 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+# A CPU-sized RDIU-Net, and the training settings the tests train it with.
+TINY = {"widths": (8, 16, 32, 64), "dense_blocks": 2, "growth": 16}
+TINY_OPTS = ("--model-opt", "widths=8,16,32,64", "--model-opt", "dense_blocks=2", "--model-opt", "growth=16")
+
+
+def tiny_settings(data, **overrides) -> TrainSettings:
+    base = dict(
+        data=str(data),
+        model="rdiunet",
+        seed=0,
+        epochs=3,
+        batch_size=8,
+        lr=1e-3,
+        device="cpu",
+        deterministic=True,
+        model_options=TINY,
+    )
+    return TrainSettings(**{**base, **overrides})
+
+
+def prepared_jsrt(root: Path, n: int, size: int) -> Path:
+    """A synthetic chest X-ray set of `n` images at `size` px, written and prepared under `root`."""
+    from rdiunet.data.prepare import prepare
+
+    synthesize("jsrt", root / "raw", n=n, seed=0)
+    prepare("jsrt", root / "raw", root / "jsrt.npz", size=size, workers=1)
+    return root / "jsrt.npz"
+
+
+def write_prepared(path: Path, arrays: dict, synthetic: bool = True) -> Path:
+    """A hand-made prepared dataset: the .npz and its .json summary, as `rdiunet prepare` pairs them."""
+    np.savez(path, **arrays)
+    split = arrays["split"]
+    summary = {
+        "dataset": "handmade",
+        "synthetic": synthetic,
+        "image_size": list(arrays["images"].shape[1:]),
+        "counts": {name: int((split == k).sum()) for k, name in enumerate(("train", "val", "test"))},
+        "npz_sha256": sha256_of(path),
+    }
+    path.with_suffix(".json").write_text(json.dumps(summary))
+    return path
 
 
 @pytest.fixture(scope="session")

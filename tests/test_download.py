@@ -1,7 +1,9 @@
+import base64
 import hashlib
 import http.server
 import io
 import os
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -29,6 +31,7 @@ class Server:
         self.ranges = True
         self.cut_after: int | None = None  # close the connection after this many body bytes
         self.requests: list[tuple[str, str | None]] = []
+        self.authorizations: list[str | None] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -39,6 +42,7 @@ class Server:
                 name = self.path.rsplit("/", 1)[-1]
                 header = self.headers.get("Range")
                 server.requests.append((self.path, header))
+                server.authorizations.append(self.headers.get("Authorization"))
                 if name not in server.files:
                     self.send_error(404)
                     return
@@ -129,12 +133,26 @@ def test_trusted_checksum_mismatch_is_an_error_and_leaves_nothing(server, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_third_party_checksum_mismatch_is_a_loud_warning(server, tmp_path, capsys):
+def test_third_party_checksum_mismatch_is_an_error_unless_accepted(server, tmp_path, capsys):
     remote = remote_for(server, "a.zip", zip_bytes(), trusted=False, sha="0" * 64)
-    fetch(remote, tmp_path)
+    with pytest.raises(UserError, match="from a third party.*--allow-checksum-mismatch"):
+        fetch(remote, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    fetch(remote, tmp_path, allow_mismatch=True)
     assert (tmp_path / "a.zip").exists()
-    warning = capsys.readouterr().err
-    assert "WARNING" in warning and "third-party checksum" in warning
+    said = capsys.readouterr().err
+    assert "WARNING" in said and "accepted because of --allow-checksum-mismatch" in said
+    assert "sha256 verified" not in said
+
+
+def test_verified_is_said_only_of_a_compared_checksum(server, tmp_path, capsys):
+    fetch(remote_for(server, "a.zip", zip_bytes()), tmp_path / "with")
+    fetch(remote_for(server, "a.zip", zip_bytes()), tmp_path / "with")
+    fetch(Remote("a.zip", (f"{server.url}/files/a.zip",), None), tmp_path / "without")
+    fetch(Remote("a.zip", (f"{server.url}/files/a.zip",), None), tmp_path / "without")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "a.zip " in line]
+    assert [("sha256 verified" in line) for line in lines] == [True, True, False, False], lines
+    assert "no published checksum" in lines[-1]
 
 
 def test_archive_in_place_with_wrong_checksum_is_refused(server, tmp_path):
@@ -185,10 +203,21 @@ def test_cli_download_from_a_mirror(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_isic_download_warns_on_third_party_checksums(server, tmp_path):
+def test_cli_isic_download_refuses_or_accepts_third_party_checksum_mismatches(server, tmp_path):
     for name in ("ISIC2018_Task1-2_Training_Input.zip", "ISIC2018_Task1_Training_GroundTruth.zip"):
         server.files[name] = zip_bytes()
-    result = run_cli("download", "--dataset", "isic", "--out", tmp_path, "--mirror", server.url)
+    refused = run_cli("download", "--dataset", "isic", "--out", tmp_path, "--mirror", server.url)
+    assert_one_line_error(refused, "does not match", "--allow-checksum-mismatch")
+    result = run_cli(
+        "download",
+        "--dataset",
+        "isic",
+        "--out",
+        tmp_path,
+        "--mirror",
+        server.url,
+        "--allow-checksum-mismatch",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("WARNING") == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -196,6 +225,31 @@ def test_cli_isic_download_warns_on_third_party_checksums(server, tmp_path):
         "ISIC2018_Task1_Training_GroundTruth.zip",
         "manifest.json",
     ]
+
+
+@pytest.mark.parametrize("dataset", ["isic", "nerve"])
+def test_synthetic_stand_ins_are_never_taken_for_the_real_data(synthetic_raw, tmp_path, dataset):
+    # What docs/data.md shows for the stand-ins, in a folder the real run then downloads into.
+    raw = shutil.copytree(synthetic_raw[dataset], tmp_path / dataset)
+    result = run_cli("download", "--dataset", dataset, "--out", raw, "--allow-checksum-mismatch")
+    assert_one_line_error(result, "holds synthetic stand-ins", "synthetic: true")
+    assert not (raw / "manifest.json").exists()
+
+
+def test_credentials_in_a_mirror_url_are_never_shown(server, tmp_path):
+    secret = "s3cr3t-Pa55"
+    result = run_cli(
+        "download", "--dataset", "jsrt", "--out", tmp_path, "--mirror", f"http://alice:{secret}@127.0.0.1:9/x"
+    )
+    line = assert_one_line_error(result, "could not download", "***@127.0.0.1:9")
+    assert secret not in result.stderr + result.stdout and "alice" not in line
+    # They reach the server as basic authentication, not as part of the path.
+    server.files["Segmentation01.zip"] = zip_bytes()
+    mirror = server.url.replace("http://", f"http://alice:{secret}@")
+    result = run_cli("download", "--dataset", "jsrt", "--out", tmp_path, "--mirror", mirror)
+    assert secret not in result.stderr + result.stdout
+    assert server.requests[-1][0] == "/Segmentation01.zip"
+    assert server.authorizations[-1] == "Basic " + base64.b64encode(f"alice:{secret}".encode()).decode()
 
 
 # --- Kaggle: a stand-in client at the API boundary, and the real package for credentials --------

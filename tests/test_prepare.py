@@ -267,4 +267,4 @@ def test_unknown_dataset_and_bad_options(synthetic_raw, tmp_path):
     result, _ = prepare_cli("jsrt", synthetic_raw["jsrt"], tmp_path / "o" / "x.npz", "--size", "100")
     assert_one_line_error(result, "multiple of 16")
     result, _ = prepare_cli("jsrt", synthetic_raw["jsrt"], tmp_path / "o" / "x.npz", "--split", "0.8,0.2")
-    assert_one_line_error(result, "three fractions")
+    assert_one_line_error(result, "three finite fractions")

@@ -1,5 +1,6 @@
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -9,66 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, assert_one_line_error, run_cli
+from handmade import CONFIG, write_tree
 
 from rdiunet.report import claims as claim_rules
 from rdiunet.report import collect, columns, tables
 from rdiunet.report.figure_kinds import FIGURE_KINDS
-
-CONFIG = {
-    "synthetic": True,
-    "datasets": {"jsrt": {"threshold": 0.9}, "isic": {"threshold": 0.75}},
-    "models": {"unet": {}, "rdiunet": {}},
-    "seeds": [0, 1],
-    "stability_drop": 0.05,
-}
-# Hand-made runs: (dataset, model, seed) -> test Dice, IoU, HD95 and the validation-Dice history.
-RUNS = {
-    ("jsrt", "unet", 0): (0.90, 0.82, 3.0, [0.5, 0.92, 0.85, 0.91]),  # one drop; converges at 2
-    ("jsrt", "unet", 1): (0.94, 0.88, 5.0, [0.6, 0.7, 0.8, 0.85]),  # never above 0.9
-    ("jsrt", "rdiunet", 0): (0.96, 0.92, 2.0, [0.7, 0.95, 0.96, 0.97]),
-    ("jsrt", "rdiunet", 1): (0.98, 0.96, 1.0, [0.91, 0.93, 0.88, 0.95]),  # 0.93 -> 0.88: a drop
-    ("isic", "unet", 0): (0.70, 0.60, 8.0, [0.5, 0.8, 0.75, 0.70]),  # two drops of exactly 0.05
-    ("isic", "unet", 1): (0.72, 0.62, 9.0, [0.5, 0.6, 0.76, 0.8]),
-    ("isic", "rdiunet", 0): (0.80, 0.70, 4.0, [0.76, 0.77, 0.78, 0.79]),
-    ("isic", "rdiunet", 1): (0.82, 0.72, 6.0, [0.6, 0.7, 0.8, 0.81]),
-}
-BENCH = {"unet": (15_326_529, 13.17, 30.0), "rdiunet": (5_850_241, 3.87, 20.0)}  # params, GFLOPs, ms
-
-
-def write_tree(root: Path, models=("unet", "rdiunet")) -> Path:
-    results = root / "results"
-    for (dataset, model, seed), (dice, iou, hd, curve) in RUNS.items():
-        name = dict(zip(("unet", "rdiunet"), models, strict=True))[model]
-        run = results / dataset / name / f"seed{seed}"
-        run.mkdir(parents=True, exist_ok=True)
-        metrics = {
-            "dice": dice,
-            "iou": iou,
-            "dice_dataset": dice + 0.01,
-            "iou_dataset": iou + 0.01,
-            "hd95_median": hd,
-            "hd95_undefined": 0,
-            "gt_empty": 0,
-            "false_positive_on_empty": 0,
-            "test_loss": 0.1,
-            "best_epoch": 4,
-            "gpu": {"available": False, "reason": "device is cpu, not a GPU"},
-        }
-        (run / "metrics.json").write_text(json.dumps(metrics))
-        pd.DataFrame({"epoch": range(1, 5), "val_dice": curve}).to_csv(run / "history.csv", index=False)
-        pd.DataFrame({"id": ["a", "b", "c"], "dice": [dice - 0.01, dice, dice + 0.01]}).to_csv(
-            run / "per_image.csv", index=False
-        )
-        params, gflops, ms = BENCH[model]
-        bench = {
-            "params": params,
-            "gflops_per_image": gflops,
-            "latency_ms": {"median": ms, "p90": ms + 1, "p99": ms + 2},
-            "throughput": [{"batch_size": 8, "images_per_s": 1000 / ms * 4}],
-            "environment": {"device_name": "Test CPU"},
-        }
-        (results / dataset / name / "bench.json").write_text(json.dumps(bench))
-    return results
 
 
 def tables_cli(root: Path, config=CONFIG):
@@ -76,6 +22,8 @@ def tables_cli(root: Path, config=CONFIG):
         "tables",
         "--results",
         root / "results",
+        "--data",
+        root / "none",
         "--config-json",
         json.dumps(config),
         "--out",
@@ -144,8 +92,7 @@ def test_markdown_and_html_tables_show_the_same_headers_and_cells(tmp_path):
 def test_a_table_column_is_one_line(tmp_path):
     write_tree(tmp_path)
     study = collect.Study.from_config(CONFIG)
-    runs = collect.runs(tmp_path / "results", study)
-    frame = tables.table1(runs, collect.benches(tmp_path / "results", study), study)
+    frame = tables.table1(collect.collect(tmp_path / "results", study), study)
     extended = (*columns.TABLE1, columns.Column("test_loss", "test loss", columns.mean_sd(2)))
     header, *rows = markdown_table(tables.markdown(frame, extended))
     assert header[-1] == "test loss" and rows[0][-1] == "0.10 ± 0.00"
@@ -155,12 +102,26 @@ def test_a_table_column_is_one_line(tmp_path):
     assert csv_columns[shown : shown + 2] == ["test_loss_mean", "test_loss_sd"]
 
 
-def test_missing_result_or_threshold_is_a_one_line_error(tmp_path):
+def test_missing_threshold_is_a_one_line_error(tmp_path):
     write_tree(tmp_path)
     no_threshold = {**CONFIG, "datasets": {"jsrt": {}, "isic": {"threshold": 0.75}}}
     assert_one_line_error(tables_cli(tmp_path, no_threshold), "no Table 2 threshold for dataset 'jsrt'")
+
+
+def test_missing_run_and_bench_are_gaps_stated_in_the_tables(tmp_path):
+    write_tree(tmp_path)
     (tmp_path / "results" / "isic" / "rdiunet" / "seed1" / "metrics.json").unlink()
-    assert_one_line_error(tables_cli(tmp_path), "isic/rdiunet/seed1/metrics.json is missing")
+    (tmp_path / "results" / "jsrt" / "unet" / "bench.json").unlink()
+    result = tables_cli(tmp_path)
+    assert result.returncode == 0, result.stderr
+    table1 = pd.read_csv(tmp_path / "reports" / "table1.csv").set_index(["dataset", "model"])
+    assert table1.loc[("isic", "rdiunet")].seeds == 1
+    assert table1.loc[("isic", "rdiunet")].dice_mean == pytest.approx(0.80)  # seed 0 alone
+    assert math.isnan(table1.loc[("jsrt", "unet")].ms_median)
+    note = (tmp_path / "reports" / "table1.md").read_text()
+    assert "**Left out** (2)" in note
+    assert "isic/rdiunet/seed1:" in note and "metrics.json is missing" in note
+    assert "jsrt/unet/bench.json:" in note
 
 
 # --- claim verdicts on constructed cases ----------------------------------------------------------

@@ -11,29 +11,28 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import (
+    TINY,
+    TINY_OPTS,
+    assert_one_line_error,
+    prepared_jsrt,
+    run_cli,
+    tiny_settings,
+    write_prepared,
+)
 
 import rdiunet.train as train_module
-from rdiunet.data.prepare import prepare
-from rdiunet.data.synthetic import synthesize
 from rdiunet.errors import UserError
 from rdiunet.evaluation import evaluate
 from rdiunet.metrics import TEST_METRICS
 from rdiunet.runfolder import RunFolder
-from rdiunet.settings import TrainSettings
 from rdiunet.train import train
-
-TINY = {"widths": (8, 16, 32, 64), "dense_blocks": 2, "growth": 16}
-TINY_OPTS = ["--model-opt", "widths=8,16,32,64", "--model-opt", "dense_blocks=2", "--model-opt", "growth=16"]
 
 
 @pytest.fixture(scope="module")
 def jsrt64(tmp_path_factory):
     """A small synthetic chest X-ray set at 64 px: 60 images, 42 for training."""
-    root = tmp_path_factory.mktemp("jsrt64")
-    synthesize("jsrt", root / "raw", n=60, seed=0)
-    prepare("jsrt", root / "raw", root / "jsrt.npz", size=64, workers=1)
-    return root / "jsrt.npz"
+    return prepared_jsrt(tmp_path_factory.mktemp("jsrt64"), n=60, size=64)
 
 
 def history(run) -> list[dict]:
@@ -42,27 +41,12 @@ def history(run) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
-def config(data, **overrides) -> TrainSettings:
-    base = dict(
-        data=str(data),
-        model="rdiunet",
-        seed=0,
-        epochs=3,
-        batch_size=8,
-        lr=1e-3,
-        device="cpu",
-        deterministic=True,
-        model_options=TINY,
-    )
-    return TrainSettings(**{**base, **overrides})
-
-
 @pytest.fixture(scope="module")
 def trained(jsrt64, tmp_path_factory):
-    """The tests' reference run: config(jsrt64), 3 epochs, trained once; tests that change a run
+    """The tests' reference run: tiny_settings(jsrt64), 3 epochs, trained once; tests that change a run
     folder work on a copy (`copy_of`)."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    metrics = train(config(jsrt64), out)
+    metrics = train(tiny_settings(jsrt64), out)
     return out, metrics
 
 
@@ -118,16 +102,16 @@ def test_run_folder_holds_every_output(trained):
 
 
 def test_two_deterministic_cpu_runs_are_identical(jsrt64, trained, tmp_path):
-    train(config(jsrt64), tmp_path / "again")
+    train(tiny_settings(jsrt64), tmp_path / "again")
     assert history(tmp_path / "again") == history(trained[0])
-    train(config(jsrt64, seed=1, epochs=1), tmp_path / "seed1")
+    train(tiny_settings(jsrt64, seed=1, epochs=1), tmp_path / "seed1")
     assert history(tmp_path / "seed1") != history(trained[0])[:1]
 
 
 def test_finished_run_rerun_does_nothing(jsrt64, trained, tmp_path, capsys):
     run = copy_of(trained[0], tmp_path)
     stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    train(config(jsrt64), run)
+    train(tiny_settings(jsrt64), run)
     assert "already complete" in capsys.readouterr().err
     assert stamps == {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
 
@@ -140,24 +124,26 @@ def test_outputs_removed_by_a_workflow_manager_come_back_without_retraining(
     for name in ("history.csv", "metrics.json", "per_image.csv"):
         (run / name).unlink()  # what Snakemake does before rerunning a job
     capsys.readouterr()
-    train(config(jsrt64), run)
+    train(tiny_settings(jsrt64), run)
     assert "train_loss" not in capsys.readouterr().err  # no epoch was trained again
     assert {name: (run / name).read_text() for name in before} == before
     assert (run / "metrics.json").exists()
 
 
 def test_more_epochs_continue_a_finished_run(jsrt64, trained, tmp_path):
-    train(config(jsrt64, epochs=2), tmp_path / "extended")
-    train(config(jsrt64, epochs=3), tmp_path / "extended")
+    train(tiny_settings(jsrt64, epochs=2), tmp_path / "extended")
+    train(tiny_settings(jsrt64, epochs=3), tmp_path / "extended")
     assert history(tmp_path / "extended") == history(trained[0])
 
 
 def test_checkpoint_of_another_configuration_is_refused(jsrt64, trained, tmp_path):
     run = copy_of(trained[0], tmp_path)
-    with pytest.raises(UserError, match="refusing to resume .*'growth': 32"):
-        train(config(jsrt64, epochs=4, model_options={**TINY, "growth": 32}), run)
-    with pytest.raises(UserError, match="refusing to resume .* model="):
-        train(config(jsrt64, epochs=4, model="unet", model_options={"widths": (8, 16, 32, 64, 128)}), run)
+    with pytest.raises(UserError, match="refusing .*'growth': 32"):
+        train(tiny_settings(jsrt64, epochs=4, model_options={**TINY, "growth": 32}), run)
+    with pytest.raises(UserError, match="refusing .* model="):
+        train(
+            tiny_settings(jsrt64, epochs=4, model="unet", model_options={"widths": (8, 16, 32, 64, 128)}), run
+        )
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(jsrt64, tmp_path, monkeypatch):
@@ -172,23 +158,23 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(jsrt64, tmp_path, mon
 
     monkeypatch.setattr(train_module, "F", SimpleNamespace(binary_cross_entropy_with_logits=poisoned))
     with pytest.raises(UserError, match="loss became nan in epoch 2.*epoch 1"):
-        train(config(jsrt64, epochs=3), tmp_path)
+        train(tiny_settings(jsrt64, epochs=3), tmp_path)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and len(state["history"]) == 1
 
 
 def test_empty_split_is_refused(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "d.npz",
+    arrays = dict(
         images=rng.integers(0, 255, (6, 32, 32), dtype=np.uint8),
         masks=np.zeros((6, 32, 32), np.uint8),
         ids=np.array([str(i) for i in range(6)]),
         groups=np.array([str(i) for i in range(6)]),
         split=np.array([0, 0, 0, 0, 2, 2], np.int8),
     )
+    write_prepared(tmp_path / "d.npz", arrays)
     with pytest.raises(UserError, match="the val split is empty"):
-        train(config(tmp_path / "d.npz"), tmp_path / "run")
+        train(tiny_settings(tmp_path / "d.npz"), tmp_path / "run")
 
 
 def test_evaluate_recomputes_the_same_metrics(trained, tmp_path):
@@ -318,7 +304,7 @@ def test_cli_errors_are_one_line(jsrt64, tmp_path):
 @pytest.mark.parametrize("model,options", [("unet", {"widths": (8, 16, 32, 64, 128)}), ("rdiunet", TINY)])
 def test_both_models_learn_the_synthetic_lungs(jsrt64, tmp_path, model, options):
     metrics = train(
-        config(jsrt64, model=model, model_options=options, epochs=14, deterministic=False), tmp_path
+        tiny_settings(jsrt64, model=model, model_options=options, epochs=14, deterministic=False), tmp_path
     )
     assert max(float(r["val_dice"]) for r in history(tmp_path)) > 0.9
     assert metrics["dice"] > 0.9

@@ -6,7 +6,6 @@ DataLoader, no worker processes and no collate step: for images of 128^2-256^2 p
 fits many times over, and indexing a resident tensor is faster than any pipeline feeding it.
 """
 
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from rdiunet.errors import UserError
+from rdiunet.fileio import read_json, sha256_of
 
 SPLITS = ("train", "val", "test")
 REQUIRED = {"images": np.uint8, "masks": np.uint8, "split": np.int8}
@@ -43,7 +43,7 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    except Exception as error:  # numpy and zipfile raise many types for damaged headers and data
         raise UserError(f"{path} is not a readable .npz file ({error}); {rerun}") from None
     for key, dtype in {**REQUIRED, "ids": None}.items():
         if key not in arrays:
@@ -58,6 +58,8 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         )
     if masks.max(initial=0) > 1 or not np.isin(split, (0, 1, 2)).all():
         raise UserError(f"{path}: masks must be 0/1 and split 0/1/2; {rerun}")
+    if arrays["ids"].shape != (len(images),) or len(set(arrays["ids"].tolist())) != len(images):
+        raise UserError(f"{path}: 'ids' must name every image once; {rerun}")
     return arrays
 
 
@@ -72,6 +74,59 @@ def load_prepared(path: str | Path) -> dict[str, Split]:
         index = torch.from_numpy(np.flatnonzero(arrays["split"] == code))
         result[name] = Split(images[index].contiguous(), masks[index].contiguous(), tuple(ids[index.numpy()]))
     return result
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared dataset that matches its summary: the splits, the summary and the .npz's sha256."""
+
+    path: Path
+    splits: dict[str, Split]
+    summary: dict
+    sha256: str
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.summary["synthetic"])
+
+
+SUMMARY_KEYS = ("dataset", "synthetic", "image_size", "counts", "npz_sha256")
+
+
+def read_summary(path: Path) -> dict:
+    """The .json beside a prepared .npz, checked for the keys the pipeline relies on."""
+    summary_path = Path(path).with_suffix(".json")
+    summary = read_json(summary_path, "rerun rdiunet prepare to recreate it")
+    missing = [key for key in SUMMARY_KEYS if not isinstance(summary, dict) or key not in summary]
+    if missing:
+        raise UserError(
+            f"{summary_path} lacks '{missing[0]}' (written by an older rdiunet, or damaged); "
+            "rerun rdiunet prepare to recreate it"
+        )
+    return summary
+
+
+def open_prepared(path: str | Path) -> Prepared:
+    """The prepared data, after checking that the .npz is the one its summary describes.
+
+    A preparation killed between writing the two files, or an .npz replaced by hand, is refused
+    rather than trained on under the other file's description."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"prepared dataset {path} does not exist; run rdiunet prepare first")
+    summary = read_summary(path)
+    actual = sha256_of(path)
+    if actual != summary["npz_sha256"]:
+        raise UserError(
+            f"{path} does not match {path.with_suffix('.json')} (sha256 {actual[:12]} against the recorded "
+            f"{summary['npz_sha256'][:12]}): a preparation was interrupted or a file replaced; "
+            "rerun rdiunet prepare"
+        )
+    splits = load_prepared(path)
+    counts = {name: len(split) for name, split in splits.items()}
+    if counts != summary["counts"]:
+        raise UserError(f"{path} holds {counts} images per split, its summary says {summary['counts']}")
+    return Prepared(path, splits, summary, actual)
 
 
 def batches(

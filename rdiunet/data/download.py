@@ -4,15 +4,22 @@ Every download streams into `NAME.part` beside the target, resumes that file wit
 request when the server allows it, verifies it, and only then renames it to NAME. An archive that
 is already in place and verifies is never fetched again, which is also how users behind firewalls
 work: they put the archive there by hand.
+
+A checksum mismatch is an error, also where the checksum comes from a third party, unless the user
+accepts it explicitly (`--allow-checksum-mismatch`, then a loud warning). "verified" is said only of
+a file whose checksum was compared. URLs are shown with any credentials in them redacted.
 """
 
+import base64
 import contextlib
 import http.client
 import io
 import os
+import re
 import shutil
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -31,9 +38,8 @@ TIMEOUT_S = 60
 class Remote:
     """One archive: its file name, where it can be fetched, and its expected sha256.
 
-    `trusted` says whether the checksum comes from the publisher: a mismatch then is an error;
-    otherwise (a third party computed it) it is a loud warning.
-    """
+    `trusted` says whether the checksum comes from the publisher (otherwise a third party computed
+    it, which the error message says)."""
 
     name: str
     urls: tuple[str, ...]
@@ -41,21 +47,45 @@ class Remote:
     trusted: bool = True
 
 
+CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user:password part of every URL in it replaced by ***."""
+    return CREDENTIALS.sub(r"\1***@", str(text))
+
+
 def warn(message: str) -> None:
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
-def verify(path: Path, remote: Remote) -> None:
-    """Check the checksum (error or warning, per `remote.trusted`) and that the zip opens."""
+def verify(path: Path, remote: Remote, allow_mismatch: bool = False) -> str:
+    """Check the checksum and that the zip opens; say how the file was checked ("verified",
+    "no checksum", "mismatch accepted")."""
+    status = "no checksum"
     if remote.sha256:
         actual = sha256_of(path)
+        status = "verified"
         if actual != remote.sha256:
-            message = f"{path}: sha256 {actual} does not match the expected {remote.sha256}"
-            if remote.trusted:
-                raise UserError(f"{message}; delete the file and download it again")
-            warn(f"{message} (a third-party checksum: check the file's origin before trusting it)")
+            origin = "" if remote.trusted else " (the expected value comes from a third party)"
+            message = f"{path}: sha256 {actual} does not match the expected {remote.sha256}{origin}"
+            if not allow_mismatch:
+                raise UserError(
+                    f"{message}; delete the file and download it again, or, if you have checked the file's "
+                    "origin, accept it with --allow-checksum-mismatch (config: allow_checksum_mismatch)"
+                )
+            warn(f"{message}; accepted because of --allow-checksum-mismatch")
+            status = "mismatch accepted"
     if remote.name.endswith(".zip") and not zipfile.is_zipfile(path):
         raise UserError(f"{path} is not a complete zip archive; delete it and download it again")
+    return status
+
+
+HOW_CHECKED = {
+    "verified": "present and its sha256 verified",
+    "no checksum": "present (no published checksum to compare; the zip opens)",
+    "mismatch accepted": "present, its sha256 mismatch accepted by --allow-checksum-mismatch",
+}
 
 
 def progress(total: int | None, initial: int, name: str) -> tqdm:
@@ -74,10 +104,23 @@ def progress(total: int | None, initial: int, name: str) -> tqdm:
     )
 
 
+def request_for(url: str) -> urllib.request.Request:
+    """A request for `url`; credentials in the URL (user:password@host) travel as HTTP basic
+    authentication instead, so that no error message or log line can carry them."""
+    parts = urllib.parse.urlsplit(url)
+    headers = {"User-Agent": "rdiunet-bench"}
+    if parts.username is not None:
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode("ascii")
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        url = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    return urllib.request.Request(url, headers=headers)
+
+
 def fetch_url(url: str, part: Path) -> None:
     """Download `url` into `part`, continuing an existing partial file when the server agrees."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "rdiunet-bench"})
+    request = request_for(url)
     if have:
         request.add_header("Range", f"bytes={have}-")
     try:
@@ -101,7 +144,7 @@ def fetch_url(url: str, part: Path) -> None:
             raise ConnectionError(f"transfer ended after {size} of {total} bytes")
 
 
-def fetch(remote: Remote, out: Path, mirrors: tuple[str, ...] = ()) -> Path:
+def fetch(remote: Remote, out: Path, mirrors: tuple[str, ...] = (), allow_mismatch: bool = False) -> Path:
     """Make `out/remote.name` present and verified, downloading it only when needed.
 
     `mirrors` are base URLs tried before the remote's own ones (for example a local mirror).
@@ -109,8 +152,8 @@ def fetch(remote: Remote, out: Path, mirrors: tuple[str, ...] = ()) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     target = out / remote.name
     if target.exists():
-        verify(target, remote)
-        print(f"{target} already present and verified; not downloading", file=sys.stderr)
+        status = verify(target, remote, allow_mismatch)
+        print(f"{target} already {HOW_CHECKED[status]}; not downloading", file=sys.stderr)
         return target
     part = out / f"{remote.name}.part"
     urls = [f"{base.rstrip('/')}/{remote.name}" for base in mirrors] + list(remote.urls)
@@ -118,15 +161,16 @@ def fetch(remote: Remote, out: Path, mirrors: tuple[str, ...] = ()) -> Path:
     for url in urls:
         try:
             fetch_url(url, part)
-        except (OSError, http.client.HTTPException) as error:
-            failures.append(f"{url}: {getattr(error, 'reason', None) or error}")
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            failures.append(redact(f"{url}: {getattr(error, 'reason', None) or error}"))
             continue
         try:
-            verify(part, remote)
+            status = verify(part, remote, allow_mismatch)
         except UserError:
             part.unlink()  # a corrupt download must not be resumed
             raise
         os.replace(part, target)
+        print(f"{target} downloaded: {HOW_CHECKED[status]}", file=sys.stderr)
         return target
     raise UserError(
         f"could not download {remote.name} ({'; '.join(failures)}); "
@@ -176,8 +220,8 @@ def first_line(error: BaseException) -> str:
 def fetch_kaggle_competition(competition: str, target: Path, api_factory=kaggle_api) -> Path:
     """Download a competition's zip to `target` through the Kaggle API (verified as a zip)."""
     if target.exists():
-        verify(target, Remote(target.name, ()))
-        print(f"{target} already present; not downloading", file=sys.stderr)
+        status = verify(target, Remote(target.name, ()))
+        print(f"{target} already {HOW_CHECKED[status]}; not downloading", file=sys.stderr)
         return target
     by_hand = f"download it in a browser and place it at {target}, then run again"
     api = api_factory()

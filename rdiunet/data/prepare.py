@@ -2,90 +2,53 @@
 
     data/prepared/{dataset}.npz   images uint8 (N,H,W), masks uint8 {0,1} (N,H,W), ids, groups,
                                   split int8 (0 train, 1 val, 2 test)
-    data/prepared/{dataset}.json  counts per split, image size, source archives and their sha256
+    data/prepared/{dataset}.json  counts per split, image size, whether the data is synthetic, the
+                                  sha256 of every raw archive and of the .npz itself
 
 Images are read straight from the zips, converted to grayscale and resized with area averaging;
-masks are binarised and resized with nearest neighbour. Large JPEGs are decoded at reduced scale
-(libjpeg's DCT scaling through Pillow's `draft`), which is most of prepare's speed on ISIC.
+masks are binarised and resized with nearest neighbour (rules and limits in decode.py). Large
+JPEGs are decoded at reduced scale (libjpeg's DCT scaling through Pillow's `draft`), which is most
+of prepare's speed on ISIC.
+
+The raw archives are hashed before they are read, and the .npz and .json are written together:
+the .json records the .npz's sha256, so a reader can tell a matching pair from one that a kill
+split (rdiunet.data.dataset.open_prepared). One prepare per output runs at a time (a lock beside
+it); a rerun removes what a killed one left behind (its staging folder and temporary files).
 """
 
-import io
 import json
+import math
 import multiprocessing
 import os
 import sys
-import tempfile
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from rdiunet import __version__
 from rdiunet.errors import UserError
-from rdiunet.fileio import atomic_path, sha256_of, write_json
+from rdiunet.fileio import atomic_paths, exclusive_lock, remove_leftovers, sha256_of
 
 from . import sources
-from .archive import open_zip, read_member
-from .source import Member, Pair
+from .decode import forget_archives, load_pair
+from .source import Pair
 from .synthetic import MARKER
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
-
-# Each worker process keeps its archives open across the images it decodes.
-_open_archives: dict[Path, zipfile.ZipFile] = {}
-
-
-def open_image(member: Member) -> Image.Image:
-    if member.archive not in _open_archives:
-        _open_archives[member.archive] = open_zip(member.archive)
-    payload = read_member(_open_archives[member.archive], member.name)
-    try:
-        # Only the header is parsed here; pixels are decoded on first use, after any `draft`.
-        return Image.open(io.BytesIO(payload))
-    except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"cannot decode {member}: {error}") from None
-
-
-def load_pair(pair: Pair, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The pair's image (grayscale, area-resized) and binary mask (nearest-resized), size x size."""
-    image, mask = open_image(pair.image), open_image(pair.mask)
-    if image.size != mask.size:
-        raise UserError(
-            f"mask {pair.mask} is {mask.size[0]}x{mask.size[1]} but its image {pair.image} "
-            f"is {image.size[0]}x{image.size[1]}"
-        )
-    try:
-        if image.format == "JPEG":
-            # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the target size.
-            image.draft("L", (size, size))
-        image = image.convert("L").resize((size, size), Image.Resampling.BOX)
-        mask = mask.convert("L")
-        # Masks come as 0/255 or 0/1: binarise at half the mask's own maximum.
-        threshold = mask.getextrema()[1] // 2
-        mask = mask.resize((size, size), Image.Resampling.NEAREST)
-        return np.asarray(image), (np.asarray(mask) > threshold).astype(np.uint8)
-    except OSError as error:
-        raise UserError(f"cannot decode {pair.image} or its mask: {error}") from None
 
 
 def _load_pair_star(task: tuple[Pair, int]):
     return load_pair(*task)
 
 
-def _forget_archives() -> None:
-    """Drop cached archive handles: a forked worker must not share its parent's file offsets."""
-    _open_archives.clear()
-
-
 def decode_all(pairs: list[Pair], size: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     images = np.empty((len(pairs), size, size), dtype=np.uint8)
     masks = np.empty((len(pairs), size, size), dtype=np.uint8)
     tasks = [(pair, size) for pair in pairs]
-    _forget_archives()
+    forget_archives()
     with tqdm(total=len(pairs), desc="decode", unit="img", file=sys.stderr, mininterval=2) as bar:
         try:
             if workers <= 1:
@@ -96,15 +59,13 @@ def decode_all(pairs: list[Pair], size: int, workers: int) -> tuple[np.ndarray, 
             else:
                 # fork shares the pair list; each worker opens every archive once.
                 context = multiprocessing.get_context("fork")
-                with context.Pool(workers, initializer=_forget_archives) as pool:
+                with context.Pool(workers, initializer=forget_archives) as pool:
                     chunks = max(1, min(64, len(tasks) // (8 * workers)))
                     for index, (image, mask) in enumerate(pool.imap(_load_pair_star, tasks, chunks)):
                         images[index], masks[index] = image, mask
                         bar.update()
         finally:
-            for archive in _open_archives.values():
-                archive.close()
-            _forget_archives()
+            forget_archives()
     return images, masks
 
 
@@ -142,21 +103,54 @@ def assign_splits(
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:
+    """train,val,test: three finite fractions, none negative, train positive, summing to 1."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or min(values) < 0 or values[0] <= 0:
-        raise UserError(f"--split must be three fractions train,val,test like 0.8,0.1,0.1; got '{text}'")
-    total = sum(values)
-    return tuple(v / total for v in values)
+    if (
+        len(values) != 3
+        or not all(math.isfinite(v) for v in values)
+        or min(values) < 0
+        or values[0] <= 0
+        or abs(sum(values) - 1) > 1e-6
+    ):
+        raise UserError(
+            f"--split must be three finite fractions train,val,test that sum to 1, like 0.8,0.1,0.1; "
+            f"got '{text}'"
+        )
+    return values
 
 
 def synthetic_marker(raw: Path) -> dict | None:
     marker = raw / MARKER
     if not marker.exists():
         return None
-    return json.loads(marker.read_text())
+    try:
+        return json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{marker} is damaged; write the stand-in again with rdiunet synth") from None
+
+
+def check_unique_ids(pairs: list[Pair]) -> None:
+    """Two members giving one image id would silently replace each other: refuse, naming both."""
+    seen = {}
+    for pair in pairs:
+        if pair.id in seen:
+            raise UserError(
+                f"image id {pair.id} comes from two members, {seen[pair.id]} and {pair.image}; "
+                "remove the duplicate from the raw archives"
+            )
+        seen[pair.id] = pair.image
+
+
+def check_options(size: int, workers: int, seed: int) -> None:
+    if size < 16 or size % 16:
+        raise UserError(f"--size must be a positive multiple of 16 (the models pool 4 times), got {size}")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {seed}")
 
 
 def prepare(
@@ -172,61 +166,69 @@ def prepare(
     """Write `out` (.npz) and its .json summary; return the summary."""
     source = sources.get(dataset)
     size = source.size if size is None else size
-    if size < 16 or size % 16:
-        raise UserError(f"--size must be a positive multiple of 16 (the models pool 4 times), got {size}")
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    check_options(size, workers, seed)
     if not raw.is_dir():
         raise UserError(f"raw data folder {raw} does not exist; run rdiunet download or rdiunet synth first")
     keep_empty = source.keep_empty if keep_empty is None else keep_empty
-    workers = workers or min(4, os.cpu_count() or 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    archives = source.archives(raw)
-    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=out.parent) as work:
-        pairs = source.pairs(raw, Path(work))
-        images, masks = decode_all(pairs, size, workers)
-    empty = masks.reshape(len(masks), -1).max(axis=1) == 0
-    dropped = 0
-    if not keep_empty:
-        dropped = int(empty.sum())
-        keep = np.flatnonzero(~empty)
-        pairs, images, masks, empty = [pairs[i] for i in keep], images[keep], masks[keep], empty[keep]
-    if not pairs:
-        raise UserError(f"no images left in {raw} after dropping empty masks; use --keep-empty")
-    groups = [p.group for p in pairs]
-    split = assign_splits(groups, [p.official for p in pairs], fractions, seed)
-
-    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(
-            handle,
-            images=images,
-            masks=masks,
-            ids=np.array([p.id for p in pairs]),
-            groups=np.array(groups),
-            split=split,
-        )
-    marker = synthetic_marker(raw)
-    summary = {
-        "dataset": dataset,
-        "synthetic": marker is not None,
-        "synthetic_params": marker,
-        "image_size": [size, size],
-        "images": len(pairs),
-        "counts": {name: int((split == k).sum()) for k, name in enumerate(SPLITS)},
-        "groups": {
-            name: len({g for g, s in zip(groups, split, strict=True) if s == k})
-            for k, name in enumerate(SPLITS)
-        },
-        "empty_masks": {name: int((empty & (split == k)).sum()) for k, name in enumerate(SPLITS)},
-        "dropped_empty": dropped,
-        "split": {
-            "fractions": list(fractions),
-            "seed": seed,
-            "official": sorted({SPLITS[p.official] for p in pairs if p.official is not None}),
-        },
-        "raw": [{"name": a.name, "bytes": a.stat().st_size, "sha256": sha256_of(a)} for a in archives],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rdiunet_version": __version__,
-    }
-    write_json(out.with_suffix(".json"), summary)
+    summary_path, staging = out.with_suffix(".json"), out.parent / f".{out.name}.staging"
+    busy = f"another rdiunet prepare is writing {out}; wait for it to finish"
+    with exclusive_lock(out.parent / f".{out.name}.lock", busy):
+        remove_leftovers(out, staging)
+        remove_leftovers(summary_path)
+        archives = source.archives(raw)
+        raw_entries = [{"name": a.name, "bytes": a.stat().st_size, "sha256": sha256_of(a)} for a in archives]
+        try:
+            pairs = source.pairs(raw, staging)
+            check_unique_ids(pairs)
+            images, masks = decode_all(pairs, size, workers)
+        finally:
+            remove_leftovers(out, staging)
+        empty = masks.reshape(len(masks), -1).max(axis=1, initial=0) == 0
+        dropped = 0
+        if not keep_empty:
+            dropped = int(empty.sum())
+            keep = np.flatnonzero(~empty)
+            pairs, images, masks, empty = [pairs[i] for i in keep], images[keep], masks[keep], empty[keep]
+        if not pairs:
+            raise UserError(f"no images left in {raw} after dropping empty masks; use --keep-empty")
+        groups = [p.group for p in pairs]
+        split = assign_splits(groups, [p.official for p in pairs], fractions, seed)
+        marker = synthetic_marker(raw)
+        summary = {
+            "dataset": dataset,
+            "synthetic": marker is not None,
+            "synthetic_params": marker,
+            "image_size": [size, size],
+            "images": len(pairs),
+            "counts": {name: int((split == k).sum()) for k, name in enumerate(SPLITS)},
+            "groups": {
+                name: len({g for g, s in zip(groups, split, strict=True) if s == k})
+                for k, name in enumerate(SPLITS)
+            },
+            "empty_masks": {name: int((empty & (split == k)).sum()) for k, name in enumerate(SPLITS)},
+            "dropped_empty": dropped,
+            "split": {
+                "fractions": list(fractions),
+                "seed": seed,
+                "official": sorted({SPLITS[p.official] for p in pairs if p.official is not None}),
+            },
+            "raw": raw_entries,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "rdiunet_version": __version__,
+        }
+        with atomic_paths(out, summary_path) as (npz_tmp, summary_tmp):
+            with open(npz_tmp, "wb") as handle:
+                np.savez_compressed(
+                    handle,
+                    images=images,
+                    masks=masks,
+                    ids=np.array([p.id for p in pairs]),
+                    groups=np.array(groups),
+                    split=split,
+                )
+            summary["npz_sha256"] = sha256_of(npz_tmp)
+            summary_tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

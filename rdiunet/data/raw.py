@@ -7,6 +7,7 @@ from rdiunet.errors import UserError
 from rdiunet.fileio import write_json
 
 from . import sources
+from .synthetic import MARKER
 from .synthetic import synthesize as write_stand_in
 
 
@@ -17,10 +18,18 @@ def write_manifest(out: Path, paths: list[Path], synthetic: bool) -> None:
         print(path)
 
 
-def download(dataset: str, out: Path, mirrors: tuple[str, ...], official_splits: bool) -> None:
-    """`rdiunet download`: fetch (or verify in place) the source's archives."""
+def download(
+    dataset: str, out: Path, mirrors: tuple[str, ...], official_splits: bool, allow_mismatch: bool = False
+) -> None:
+    """`rdiunet download`: fetch (or verify in place) the source's archives. A folder that holds
+    synthetic stand-ins is refused: their results must never pass for the paper's data."""
     source = sources.get(dataset)
-    write_manifest(out, source.download(out, mirrors, official_splits), synthetic=False)
+    if (out / MARKER).exists():
+        raise UserError(
+            f"{out} holds synthetic stand-ins ({MARKER}), and the real {dataset} data is asked for; "
+            f"delete {out} to download the real archives, or set synthetic: true"
+        )
+    write_manifest(out, source.download(out, mirrors, official_splits, allow_mismatch), synthetic=False)
 
 
 def synthesize(dataset: str, out: Path, n: int | None, seed: int, official_splits: bool) -> None:

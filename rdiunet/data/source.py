@@ -31,6 +31,17 @@ class Pair:
     official: int | None = None
 
 
+def add_member(found: dict, key, member: Member) -> None:
+    """Record `member` under `key`; a second member for the same key is an error naming both,
+    never a silent replacement."""
+    if key in found:
+        raise UserError(
+            f"{found[key]} and {member} are the same image (or mask) of this dataset; "
+            "remove one of them from the archives"
+        )
+    found[key] = member
+
+
 def match_pairs(images: dict[str, Member], masks: dict[str, Member], what: str) -> list[str]:
     """Keys present in both; an image without a mask (or the reverse) is an error naming it."""
     unmasked = sorted(images.keys() - masks.keys())
@@ -50,7 +61,7 @@ class Source:
     size: int  # the paper's image side after preparation
     keep_empty: bool  # keep images whose mask is empty, unless the user says otherwise
     synthetic_n: int  # images in a synthetic stand-in, unless the user says otherwise
-    download: Callable[..., list[Path]]  # (out, mirrors, official_splits) -> the archives fetched
+    download: Callable[..., list[Path]]  # (out, mirrors, official_splits, allow_mismatch) -> archives
     archives: Callable[[Path], list[Path]]  # raw folder -> the archives prepare reads
     pairs: Callable[[Path, Path], list[Pair]]  # (raw folder, work folder) -> image/mask pairs
     synthesize: Callable[..., list[Path]]  # (out, n, seed, **options) -> the archives written

@@ -13,7 +13,7 @@ import pandas as pd
 from rdiunet import paper
 from rdiunet.stats import compare, wilcoxon_greater
 
-from .collect import Study
+from .collect import Collection, Study
 
 MIN_SEEDS = 5
 ALPHA = 0.05
@@ -52,31 +52,48 @@ class Verdict:
     evidence: str
 
 
-def accuracy(dataset: str, runs: pd.DataFrame, per_image: pd.DataFrame) -> Verdict:
+def paired_seeds(runs: pd.DataFrame, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Baseline and proposed runs of `dataset` on the seeds both have (a seed left out for one
+    model is left out for both), in seed order."""
     base, prop = (
         runs[(runs.dataset == dataset) & (runs.model == m)].sort_values("seed")
         for m in (paper.BASELINE, paper.PROPOSED)
     )
     seeds = sorted(set(base.seed) & set(prop.seed))
-    base, prop = base[base.seed.isin(seeds)], prop[prop.seed.isin(seeds)]
-    images = (
-        per_image[per_image.dataset == dataset]
-        .groupby(["model", "id"])["dice"]
-        .mean()
-        .unstack("model")
-        .dropna()
+    return base[base.seed.isin(seeds)], prop[prop.seed.isin(seeds)]
+
+
+def no_pairs(claim: str, dataset: str) -> Verdict:
+    return Verdict(
+        claim, dataset, INCONCLUSIVE, "no seed has a valid run of both models (see the runs left out)"
     )
+
+
+def accuracy(dataset: str, runs: pd.DataFrame, per_image: pd.DataFrame) -> Verdict:
+    base, prop = paired_seeds(runs, dataset)
+    if base.empty:
+        return no_pairs("accuracy", dataset)
+    paired = per_image[(per_image.dataset == dataset) & per_image.seed.isin(set(base.seed))]
+    images = paired.groupby(["model", "id"])["dice"].mean().unstack("model")
+    images = images.reindex(columns=[paper.PROPOSED, paper.BASELINE]).dropna()
     result = compare(prop.dice, base.dice, images[paper.PROPOSED], images[paper.BASELINE])
     p = "n/a" if result.wilcoxon_p is None else f"{result.wilcoxon_p:.3g}"
+    per_image_text = (
+        f"per-image difference {result.image_difference:+.4f}, 95% CI "
+        f"[{result.ci_low:+.4f}, {result.ci_high:+.4f}] over {result.images} images"
+        if result.images
+        else "no per-image scores shared by both models"
+    )
     evidence = (
         f"mean Dice difference {result.mean_difference:+.4f} over {result.seeds} seeds (Wilcoxon one-sided "
-        f"p = {p}); per-image difference {result.image_difference:+.4f}, 95% CI "
-        f"[{result.ci_low:+.4f}, {result.ci_high:+.4f}] over {result.images} images"
+        f"p = {p}); {per_image_text}"
     )
     worse_p = wilcoxon_greater(base.dice, prop.dice)
     if result.seeds < MIN_SEEDS:
         verdict = INCONCLUSIVE
         evidence += f"; only {result.seeds} seeds (need {MIN_SEEDS})"
+    elif not result.images:
+        verdict = INCONCLUSIVE
     elif result.ci_high < 0 or (worse_p is not None and worse_p < ALPHA):
         verdict = NOT_REPRODUCED
     elif result.wilcoxon_p is not None and result.wilcoxon_p < ALPHA and result.ci_low > 0:
@@ -88,14 +105,19 @@ def accuracy(dataset: str, runs: pd.DataFrame, per_image: pd.DataFrame) -> Verdi
 
 def fewer_is_better(claim: str, dataset: str, runs: pd.DataFrame) -> Verdict:
     """Stability and convergence: RDIU-Net should need fewer (drops, epochs) per seed."""
+    pairs = paired_seeds(runs, dataset)
+    if pairs[0].empty:
+        return no_pairs(claim, dataset)
 
-    def values(model):
-        group = runs[(runs.dataset == dataset) & (runs.model == model)].sort_values("seed")
+    def values(group: pd.DataFrame) -> np.ndarray:
         if claim == "convergence":
-            return [group.epochs.max() + 1 if pd.isna(c) else c for c in group.convergence]
-        return list(group.stability)
+            return np.array(
+                [e + 1 if pd.isna(c) else c for c, e in zip(group.convergence, group.epochs, strict=True)],
+                float,
+            )
+        return np.array(group.stability, float)
 
-    base, prop = np.array(values(paper.BASELINE), float), np.array(values(paper.PROPOSED), float)
+    base, prop = (values(group) for group in pairs)
     p = wilcoxon_greater(base, prop)
     evidence = (
         f"U-Net {'/'.join(str(int(v)) for v in base)} vs RDIU-Net {'/'.join(str(int(v)) for v in prop)} "
@@ -112,11 +134,18 @@ def fewer_is_better(claim: str, dataset: str, runs: pd.DataFrame) -> Verdict:
     return Verdict(claim, dataset, verdict, evidence)
 
 
-def speed(dataset: str, benches: pd.DataFrame) -> Verdict:
-    ms = {
-        m: benches[(benches.dataset == dataset) & (benches.model == m)].iloc[0]
-        for m in (paper.BASELINE, paper.PROPOSED)
+def bench_rows(benches: pd.DataFrame, dataset: str | None = None) -> dict:
+    """model -> its bench row, for the two models of the claims (absent where bench.json is)."""
+    rows = benches if dataset is None else benches[benches.dataset == dataset]
+    return {
+        m: rows[rows.model == m].iloc[0] for m in (paper.BASELINE, paper.PROPOSED) if (rows.model == m).any()
     }
+
+
+def speed(dataset: str, benches: pd.DataFrame) -> Verdict:
+    ms = bench_rows(benches, dataset)
+    if len(ms) < 2:
+        return Verdict("speed", dataset, INCONCLUSIVE, "a bench.json is missing or unreadable (see the gaps)")
     gain = 1 - ms[paper.PROPOSED].ms_median / ms[paper.BASELINE].ms_median
     evidence = (
         f"RDIU-Net {ms[paper.PROPOSED].ms_median:.2f} ms vs U-Net {ms[paper.BASELINE].ms_median:.2f} ms per "
@@ -127,7 +156,10 @@ def speed(dataset: str, benches: pd.DataFrame) -> Verdict:
 
 
 def parameters(benches: pd.DataFrame) -> Verdict:
-    params = {m: int(benches[benches.model == m].params.iloc[0]) for m in (paper.BASELINE, paper.PROPOSED)}
+    rows = bench_rows(benches)
+    if len(rows) < 2:
+        return Verdict("parameters", "all", INCONCLUSIVE, "no bench.json of one of the models could be read")
+    params = {m: int(row.params) for m, row in rows.items()}
     fewer = 1 - params[paper.PROPOSED] / params[paper.BASELINE]
     evidence = f"{params[paper.PROPOSED]:,} vs {params[paper.BASELINE]:,} parameters: {fewer:.1%} fewer"
     return Verdict("parameters", "all", REPRODUCED if fewer >= 0.60 else NOT_REPRODUCED, evidence)
@@ -147,9 +179,7 @@ def overall(claim: str, verdicts: list[Verdict]) -> Verdict:
     return Verdict(claim, "all", verdict, f"per dataset: {counts}")
 
 
-def evaluate_claims(
-    runs: pd.DataFrame, per_image: pd.DataFrame, benches: pd.DataFrame, study: Study
-) -> list[Verdict]:
+def evaluate_claims(collection: Collection, study: Study) -> list[Verdict]:
     missing = [m for m in (paper.BASELINE, paper.PROPOSED) if m not in study.models]
     if missing:
         return [
@@ -160,13 +190,13 @@ def evaluate_claims(
         rows = []
         for dataset in study.datasets:
             if claim == "accuracy":
-                rows.append(accuracy(dataset, runs, per_image))
+                rows.append(accuracy(dataset, collection.runs, collection.per_image))
             elif claim == "speed":
-                rows.append(speed(dataset, benches))
+                rows.append(speed(dataset, collection.benches))
             else:
-                rows.append(fewer_is_better(claim, dataset, runs))
+                rows.append(fewer_is_better(claim, dataset, collection.runs))
         verdicts += [overall(claim, rows), *rows]
-    verdicts.append(parameters(benches))
+    verdicts.append(parameters(collection.benches))
     return verdicts
 
 

@@ -10,13 +10,12 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from rdiunet.data.dataset import load_prepared
+from rdiunet.data.dataset import open_prepared
 from rdiunet.fileio import atomic_path
 from rdiunet.metrics import dice
 from rdiunet.runfolder import RunFolder
 
-from . import collect
-from .collect import Study
+from .collect import Collection, Study, collect
 from .figure_kinds import FIGURE_KINDS
 
 EXAMPLES = 4
@@ -91,16 +90,27 @@ def predict(folder: RunFolder, images: torch.Tensor) -> np.ndarray:
         return (folder.load_model()(images.float() / 255) > 0).numpy()[:, 0]
 
 
-def examples(results: Path, data: Path, dataset: str, study: Study, out: Path) -> list[Path]:
+def first_valid_seed(collection: Collection, dataset: str, model: str) -> int | None:
+    seeds = collection.runs[(collection.runs.dataset == dataset) & (collection.runs.model == model)].seed
+    return int(seeds.min()) if len(seeds) else None
+
+
+def examples(
+    results: Path, data: Path, dataset: str, collection: Collection, study: Study, out: Path
+) -> list[Path]:
     """The Fig. 7 analogue: fixed test images (evenly spaced in id order), their ground truth, and
-    each model's prediction (first seed) with its Dice."""
-    test = load_prepared(data / f"{dataset}.npz")["test"]
+    each model's prediction (its first valid seed) with its Dice."""
+    test = open_prepared(data / f"{dataset}.npz").splits["test"]
     order = np.argsort(test.ids)
     chosen = order[np.linspace(0, len(order) - 1, min(EXAMPLES, len(order))).round().astype(int)]
     images, masks = test.images[chosen], test.masks[chosen]
-    seed = study.seeds[0]
-    predictions = {m: predict(RunFolder.of(results, dataset, m, seed), images) for m in study.models}
-    columns = ["image", "ground truth", *study.models]
+    seeds = {m: first_valid_seed(collection, dataset, m) for m in study.models}
+    predictions = {
+        m: predict(RunFolder.of(results, dataset, m, seed), images)
+        for m, seed in seeds.items()
+        if seed is not None
+    }
+    columns = ["image", "ground truth", *(f"{m} (seed {seeds[m]})" for m in study.models)]
     figure, axes = plt.subplots(
         len(chosen), len(columns), figsize=(2.2 * len(columns), 2.2 * len(chosen)), squeeze=False
     )
@@ -110,6 +120,9 @@ def examples(results: Path, data: Path, dataset: str, study: Study, out: Path) -
         axes[row, 0].set_ylabel(test.ids[index], fontsize=7)
         axes[row, 1].imshow(truth, cmap="gray")
         for column, model in enumerate(study.models, start=2):
+            if model not in predictions:
+                axes[row, column].text(0.5, 0.5, "no valid run", ha="center", va="center", fontsize=8)
+                continue
             pred = predictions[model][row].astype(bool)
             score = dice(pred[None], truth[None])
             overlay = np.stack([image / 255] * 3, axis=-1) * 0.7
@@ -122,20 +135,20 @@ def examples(results: Path, data: Path, dataset: str, study: Study, out: Path) -
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(
-        f"{dataset}: test examples, seed {seed} (red: prediction, green: ground truth outline)", fontsize=9
-    )
+    figure.suptitle(f"{dataset}: test examples (red: prediction, green: ground truth outline)", fontsize=9)
     return save(figure, out, f"examples_{dataset}")
 
 
-def gpu_power(results: Path, dataset: str, study: Study, out: Path) -> list[Path]:
-    """Power over training time per model (first seed) and energy per run; where no run has NVML
-    samples, a figure that says why (from the runs' own GPU records)."""
+def gpu_power(results: Path, dataset: str, collection: Collection, study: Study, out: Path) -> list[Path]:
+    """Power over training time per model (its first valid seed) and energy per run; where no run
+    has NVML samples, a figure that says why (from the runs' own GPU records)."""
     traces, energies, reasons = {}, [], set()
-    for model, seed in ((m, s) for m in study.models for s in study.seeds):
-        folder = RunFolder.of(results, dataset, model, seed)
+    valid = collection.runs[collection.runs.dataset == dataset]
+    for model, seed in zip(valid.model, valid.seed, strict=True):
+        folder = RunFolder.of(results, dataset, model, int(seed))
         samples = folder.read_gpu_samples()
-        if seed == study.seeds[0] and not samples.empty and samples.power_w.notna().any():
+        first = seed == first_valid_seed(collection, dataset, model)
+        if first and not samples.empty and "power_w" in samples and samples.power_w.notna().any():
             traces[model] = samples.assign(minutes=(samples.time - samples.time.iloc[0]) / 60)
         gpu = folder.read_metrics().get("gpu") or {}
         if gpu.get("energy_j_total") is not None:
@@ -146,7 +159,7 @@ def gpu_power(results: Path, dataset: str, study: Study, out: Path) -> list[Path
     for model, trace in traces.items():
         left.plot(trace.minutes, trace.power_w, color=colour(model), label=model, linewidth=0.8)
     left.set(
-        xlabel="training time (min)", ylabel="GPU power (W)", title=f"{dataset}: power, seed {study.seeds[0]}"
+        xlabel="training time (min)", ylabel="GPU power (W)", title=f"{dataset}: power, first valid seed"
     )
     if traces:
         left.legend(fontsize=8)
@@ -175,12 +188,12 @@ def gpu_power(results: Path, dataset: str, study: Study, out: Path) -> list[Path
 def all_figures(results: Path, data: Path, study: Study, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
-    histories, per_image = collect.histories(results, study), collect.per_image(results, study)
+    collection = collect(results, study, data)
     draw = {
-        "dice_curves": lambda dataset: dice_curves(histories, dataset, study, out),
-        "examples": lambda dataset: examples(results, data, dataset, study, out),
-        "dice_distribution": lambda dataset: dice_distribution(per_image, dataset, study, out),
-        "gpu_power": lambda dataset: gpu_power(results, dataset, study, out),
+        "dice_curves": lambda dataset: dice_curves(collection.histories, dataset, study, out),
+        "examples": lambda dataset: examples(results, data, dataset, collection, study, out),
+        "dice_distribution": lambda dataset: dice_distribution(collection.per_image, dataset, study, out),
+        "gpu_power": lambda dataset: gpu_power(results, dataset, collection, study, out),
     }
     paths = []
     for dataset in study.datasets:

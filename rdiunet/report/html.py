@@ -11,11 +11,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from rdiunet import paper
 from rdiunet.fileio import atomic_path, read_json
 from rdiunet.provenance import now
-from rdiunet.runfolder import bench_path
+from rdiunet.runfolder import RunFolder, bench_path
 
-from . import collect
 from .claims import RULES, claims_frame, evaluate_claims
-from .collect import Study
+from .collect import Collection, Study, collect
 from .columns import TABLE1, TABLE2, rendered
 from .figure_kinds import FIGURE_KINDS
 from .tables import table1, table2
@@ -49,15 +48,17 @@ def rule_times(timing: Path) -> list[dict]:
     ]
 
 
-def provenance(results: Path, data: Path, study: Study) -> dict:
+def provenance(results: Path, data: Path, collection: Collection, study: Study) -> dict:
     environments, devices, commits, settings = [], set(), set(), set()
-    for _, _, _, folder in study.run_folders(results):
-        if folder.run_info.exists():
-            run = folder.read_run()
-            environments.append(run["environment"])
-            devices.add(run["environment"]["device_name"])
-            commits.add(run["environment"].get("git_commit") or "unknown")
-            settings.add(json.dumps(run["settings"], sort_keys=True))
+    for dataset, model, seed in zip(
+        collection.runs.dataset, collection.runs.model, collection.runs.seed, strict=True
+    ):
+        run = RunFolder.of(results, dataset, model, int(seed)).read_run()
+        environment = run.get("environment") or {}
+        environments.append(environment)
+        devices.add(environment.get("device_name", "unknown"))
+        commits.add(environment.get("git_commit") or "unknown")
+        settings.add(json.dumps(run.get("settings"), sort_keys=True))
     first = environments[0] if environments else {}
     versions = {k: first.get(k) for k in ("rdiunet", "python", "torch", "numpy", "cuda", "cudnn", "platform")}
     checksums = []
@@ -84,6 +85,7 @@ def provenance(results: Path, data: Path, study: Study) -> dict:
         "git_commits": sorted(commits),
         "settings": [json.loads(s) for s in sorted(settings)],
         "checksums": checksums,
+        "unchecked_data": collection.unchecked_data,
     }
 
 
@@ -103,17 +105,20 @@ def write_report(html: str, out: Path) -> Path:
 def report_command(results: Path, data: Path, figures: Path, timing: Path, config: dict, out: Path) -> None:
     """`rdiunet report`: report.html and claims.csv beside it."""
     study = Study.from_config(config)
-    runs, benches = collect.runs(results, study), collect.benches(results, study)
-    claims = claims_frame(evaluate_claims(runs, collect.per_image(results, study), benches, study))
+    collection = collect(results, study, data)
+    claims = claims_frame(evaluate_claims(collection, study))
     page = {
-        "synthetic": study.synthetic,
+        "synthetic": collection.synthetic(study),
+        # Data that is synthetic although the configuration says it is not: the worst mix-up.
+        "mislabelled": [] if study.synthetic else collection.synthetic_runs,
+        "excluded": collection.excluded,
         "claims": claims.to_dict("records"),
         "rules": RULES,
-        "table1": rendered(TABLE1, table1(runs, benches, study).to_dict("records")),
-        "table2": rendered(TABLE2, table2(runs, study).to_dict("records")),
+        "table1": rendered(TABLE1, table1(collection, study).to_dict("records")),
+        "table2": rendered(TABLE2, table2(collection, study).to_dict("records")),
         "figures": figures_by_dataset(figures, study),
         "config_yaml": json.dumps(config, indent=2),
-        "provenance": provenance(results, data, study),
+        "provenance": provenance(results, data, collection, study),
         "times": rule_times(timing),
         "paper_hardware": paper.HARDWARE,
         "created": now(),

@@ -14,8 +14,7 @@ from rdiunet import paper
 from rdiunet.fileio import atomic_path
 from rdiunet.metrics import TEST_METRICS
 
-from . import collect
-from .collect import Study
+from .collect import BENCH_COLUMNS, Collection, Study, collect
 from .columns import TABLE1, TABLE2, fields, missing, rendered
 
 # Per-run quantities Table 1 averages over seeds: every test metric, and training energy.
@@ -40,16 +39,30 @@ def add_paper(row: dict, columns, reported: dict) -> None:
             row[f"delta_{key}"] = ours - row[f"paper_{key}"]
 
 
-def table1(runs: pd.DataFrame, benches: pd.DataFrame, study: Study) -> pd.DataFrame:
+def selected(frame: pd.DataFrame, dataset: str, model: str) -> pd.DataFrame:
+    return frame[(frame.dataset == dataset) & (frame.model == model)]
+
+
+def synthetic(collection: Collection, study: Study, dataset: str, model: str) -> bool:
+    return study.synthetic or any(r.startswith(f"{dataset}/{model}/") for r in collection.synthetic_runs)
+
+
+def table1(collection: Collection, study: Study) -> pd.DataFrame:
     rows = []
     for dataset in study.datasets:
         for model in study.models:
-            group = runs[(runs.dataset == dataset) & (runs.model == model)]
-            bench = benches[(benches.dataset == dataset) & (benches.model == model)].iloc[0]
-            row = {"dataset": dataset, "model": model, "synthetic": study.synthetic, "seeds": len(group)}
+            group = selected(collection.runs, dataset, model)
+            bench = selected(collection.benches, dataset, model)
+            row = {
+                "dataset": dataset,
+                "model": model,
+                "synthetic": synthetic(collection, study, dataset, model),
+                "seeds": len(group),
+            }
             for metric in AVERAGED:
                 row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(group[metric])
-            row.update(bench.drop(["dataset", "model"]).to_dict())
+            for key in BENCH_COLUMNS[2:]:  # a missing bench.json leaves a gap, stated in the report
+                row[key] = bench.iloc[0][key] if len(bench) else math.nan
             add_paper(row, TABLE1, paper.table1(dataset, model))
             rows.append(row)
     return pd.DataFrame(rows)
@@ -59,19 +72,19 @@ def per_seed(values) -> str:
     return ";".join("none" if missing(v) or pd.isna(v) else str(int(v)) for v in values)
 
 
-def table2(runs: pd.DataFrame, study: Study) -> pd.DataFrame:
+def table2(collection: Collection, study: Study) -> pd.DataFrame:
     rows = []
     for dataset in study.datasets:
         for model in study.models:
-            group = runs[(runs.dataset == dataset) & (runs.model == model)].sort_values("seed")
+            group = selected(collection.runs, dataset, model).sort_values("seed")
             converged = [c for c in group.convergence if c is not None and not pd.isna(c)]
             row = {
                 "dataset": dataset,
                 "model": model,
-                "synthetic": study.synthetic,
+                "synthetic": synthetic(collection, study, dataset, model),
                 "seeds": len(group),
                 "threshold": study.threshold(dataset),
-                "epochs": int(group.epochs.max()),
+                "epochs": int(group.epochs.max()) if len(group) else 0,
                 "stability_per_seed": per_seed(group.stability),
                 "convergence_per_seed": per_seed(group.convergence),
                 "converged_seeds": len(converged),
@@ -105,22 +118,35 @@ SYNTHETIC_NOTE = (
 )
 
 
-def write_tables(frame1: pd.DataFrame, frame2: pd.DataFrame, out: Path, synthetic: bool) -> list[Path]:
+def notes(collection: Collection, study: Study) -> str:
+    """What a reader must know before the numbers: synthetic data, and runs left out."""
+    text = SYNTHETIC_NOTE if collection.synthetic(study) else ""
+    if collection.excluded:
+        left_out = "; ".join(f"{e.label}: {e.reason}" for e in collection.excluded)
+        text += (
+            f"> **Left out** ({len(collection.excluded)}): {left_out}. "
+            "The seeds column counts the runs that remain.\n\n"
+        )
+    return text
+
+
+def write_tables(collection: Collection, study: Study, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, frame, columns in (("table1", frame1, TABLE1), ("table2", frame2, TABLE2)):
+    for name, frame, columns in (
+        ("table1", table1(collection, study), TABLE1),
+        ("table2", table2(collection, study), TABLE2),
+    ):
         with atomic_path(out / f"{name}.csv") as tmp:
             csv_frame(frame, columns).to_csv(tmp, index=False)
         with atomic_path(out / f"{name}.md") as tmp:
-            tmp.write_text((SYNTHETIC_NOTE if synthetic else "") + markdown(frame, columns))
+            tmp.write_text(notes(collection, study) + markdown(frame, columns))
         written += [out / f"{name}.csv", out / f"{name}.md"]
     return written
 
 
-def tables_command(results: Path, config: dict, out: Path) -> None:
+def tables_command(results: Path, data: Path, config: dict, out: Path) -> None:
     """`rdiunet tables`: both tables from a results tree."""
     study = Study.from_config(config)
-    runs = collect.runs(results, study)
-    frame1 = table1(runs, collect.benches(results, study), study)
-    for path in write_tables(frame1, table2(runs, study), out, study.synthetic):
+    for path in write_tables(collect(results, study, data), study, out):
         print(path)

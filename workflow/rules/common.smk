@@ -68,6 +68,8 @@ def prepare_flags(wildcards):
 def fetch_flags(wildcards):
     settings = dataset_config(wildcards)
     flags = ["--official-splits"] if settings.get("official_splits") else []
+    if not config["synthetic"] and settings.get("allow_checksum_mismatch"):
+        flags.append("--allow-checksum-mismatch")
     if config["synthetic"] and "synth_n" in settings:
         flags.append(f"--n {settings['synth_n']}")
     return " ".join(flags)

@@ -23,6 +23,7 @@ rule tables:
     input:
         metrics=all_metrics(),
         bench=all_bench(),
+        data=expand("data/prepared/{dataset}.json", dataset=DATASETS),
     output:
         report(TABLES[0], caption="../report/table1.rst", category="Tables"),
         report(TABLES[1], caption="../report/table1.rst", category="Tables"),
@@ -35,7 +36,8 @@ rule tables:
     params:
         config=CONFIG_JSON,
     shell:
-        "python -m rdiunet.cli tables --results results --config-json {params.config} --out reports > {log} 2>&1"
+        "python -m rdiunet.cli tables --results results --data data/prepared --config-json {params.config} "
+        "--out reports > {log} 2>&1"
 
 
 rule figures:

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from rdiunet.data.archive import open_zip
 from rdiunet.data.download import Remote, fetch
-from rdiunet.data.source import Member, Pair, Source, match_pairs
+from rdiunet.data.source import Member, Pair, Source, add_member, match_pairs
 from rdiunet.data.synthetic import encode, image_rng, smooth_noise, to_uint8, write_zip
 from rdiunet.errors import UserError
 
@@ -53,12 +53,14 @@ def remote(stem: str, sha256: str) -> Remote:
     return Remote(name, tuple(f"{host}/{name}" for host in HOSTS), sha256, trusted=False)
 
 
-def download(out: Path, mirrors: tuple[str, ...] = (), official_splits: bool = False) -> list[Path]:
+def download(
+    out: Path, mirrors: tuple[str, ...] = (), official_splits: bool = False, allow_mismatch: bool = False
+) -> list[Path]:
     parts = PARTS if official_splits else PARTS[:1]
     fetched = []
     for _, inputs, truth, inputs_sha, truth_sha in parts:
-        fetched.append(fetch(remote(truth, truth_sha), out, mirrors))
-        fetched.append(fetch(remote(inputs, inputs_sha), out, mirrors))
+        fetched.append(fetch(remote(truth, truth_sha), out, mirrors, allow_mismatch))
+        fetched.append(fetch(remote(inputs, inputs_sha), out, mirrors, allow_mismatch))
     return fetched
 
 
@@ -86,7 +88,7 @@ def pairs(raw: Path, workdir: Path) -> list[Pair]:
             with open_zip(archive_path) as archive:
                 for name in archive.namelist():
                     if match := pattern.search(name):
-                        into[match.group(1)] = Member(archive_path, name)
+                        add_member(into, match.group(1), Member(archive_path, name))
         if not images:
             raise UserError(f"{raw / inputs}.zip holds no ISIC_<id>.jpg images")
         found += [

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from rdiunet.data.archive import open_zip
 from rdiunet.data.download import Remote, fetch
-from rdiunet.data.source import Member, Pair, Source, match_pairs
+from rdiunet.data.source import Member, Pair, Source, add_member, match_pairs
 from rdiunet.data.synthetic import ellipse, encode, image_rng, smooth_noise, to_uint8, write_zip
 from rdiunet.errors import UserError
 
@@ -26,8 +26,10 @@ MEMBER = re.compile(r"(?:^|/)(train|test)/(org|label)/([^/]+)\.png$")
 OFFICIAL = {"train": 0, "test": 2}
 
 
-def download(out: Path, mirrors: tuple[str, ...] = (), official_splits: bool = False) -> list[Path]:
-    return [fetch(REMOTE, out, mirrors)]
+def download(
+    out: Path, mirrors: tuple[str, ...] = (), official_splits: bool = False, allow_mismatch: bool = False
+) -> list[Path]:
+    return [fetch(REMOTE, out, mirrors, allow_mismatch)]
 
 
 def archives(raw: Path) -> list[Path]:
@@ -43,7 +45,7 @@ def pairs(raw: Path, workdir: Path) -> list[Pair]:
         for name in archive.namelist():
             if found := MEMBER.search(name):
                 part, kind, stem = found.groups()
-                (images if kind == "org" else masks)[(part, stem)] = Member(source, name)
+                add_member(images if kind == "org" else masks, (part, stem), Member(source, name))
     if not images:
         raise UserError(f"{source} holds no {{train,test}}/org/N.png images; is it {ARCHIVE}?")
     return [

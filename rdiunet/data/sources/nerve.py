@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from rdiunet.data.archive import open_zip, safe_extract
 from rdiunet.data.download import Remote, fetch, fetch_kaggle_competition
-from rdiunet.data.source import Member, Pair, Source, match_pairs
+from rdiunet.data.source import Member, Pair, Source, add_member, match_pairs
 from rdiunet.data.synthetic import ellipse, encode, fill_zip, image_rng, smooth_noise, to_uint8, write_zip
 from rdiunet.errors import UserError
 
@@ -25,7 +25,9 @@ IMAGE = re.compile(r"(?:^|/)(\d+)_(\d+)\.tif$")
 MASK = re.compile(r"(?:^|/)(\d+)_(\d+)_mask\.tif$")
 
 
-def download(out: Path, mirrors: tuple[str, ...] = (), official_splits: bool = False) -> list[Path]:
+def download(
+    out: Path, mirrors: tuple[str, ...] = (), official_splits: bool = False, allow_mismatch: bool = False
+) -> list[Path]:
     if mirrors:
         return [fetch(Remote(ARCHIVE, ()), out, mirrors)]
     return [fetch_kaggle_competition(COMPETITION, out / ARCHIVE)]
@@ -55,9 +57,9 @@ def pairs(raw: Path, workdir: Path) -> list[Pair]:
     with open_zip(source) as train:
         for name in train.namelist():
             if found := MASK.search(name):
-                masks[found.groups()] = Member(source, name)
+                add_member(masks, found.groups(), Member(source, name))
             elif found := IMAGE.search(name):
-                images[found.groups()] = Member(source, name)
+                add_member(images, found.groups(), Member(source, name))
     if not images:
         raise UserError(f"{source} holds no {{subject}}_{{n}}.tif images")
     return [

@@ -1,0 +1,72 @@
+"""A hand-made results tree: runs and benchmarks whose every number is known, for the report's tests."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+CONFIG = {
+    "synthetic": True,
+    "datasets": {"jsrt": {"threshold": 0.9}, "isic": {"threshold": 0.75}},
+    "models": {"unet": {}, "rdiunet": {}},
+    "seeds": [0, 1],
+    "stability_drop": 0.05,
+}
+# Hand-made runs: (dataset, model, seed) -> test Dice, IoU, HD95 and the validation-Dice history.
+RUNS = {
+    ("jsrt", "unet", 0): (0.90, 0.82, 3.0, [0.5, 0.92, 0.85, 0.91]),  # one drop; converges at 2
+    ("jsrt", "unet", 1): (0.94, 0.88, 5.0, [0.6, 0.7, 0.8, 0.85]),  # never above 0.9
+    ("jsrt", "rdiunet", 0): (0.96, 0.92, 2.0, [0.7, 0.95, 0.96, 0.97]),
+    ("jsrt", "rdiunet", 1): (0.98, 0.96, 1.0, [0.91, 0.93, 0.88, 0.95]),  # 0.93 -> 0.88: a drop
+    ("isic", "unet", 0): (0.70, 0.60, 8.0, [0.5, 0.8, 0.75, 0.70]),  # two drops of exactly 0.05
+    ("isic", "unet", 1): (0.72, 0.62, 9.0, [0.5, 0.6, 0.76, 0.8]),
+    ("isic", "rdiunet", 0): (0.80, 0.70, 4.0, [0.76, 0.77, 0.78, 0.79]),
+    ("isic", "rdiunet", 1): (0.82, 0.72, 6.0, [0.6, 0.7, 0.8, 0.81]),
+}
+BENCH = {"unet": (15_326_529, 13.17, 30.0), "rdiunet": (5_850_241, 3.87, 20.0)}  # params, GFLOPs, ms
+
+
+def write_tree(root: Path, models=("unet", "rdiunet")) -> Path:
+    results = root / "results"
+    for (dataset, model, seed), (dice, iou, hd, curve) in RUNS.items():
+        name = dict(zip(("unet", "rdiunet"), models, strict=True))[model]
+        run = results / dataset / name / f"seed{seed}"
+        run.mkdir(parents=True, exist_ok=True)
+        metrics = {
+            "dice": dice,
+            "iou": iou,
+            "dice_dataset": dice + 0.01,
+            "iou_dataset": iou + 0.01,
+            "hd95_median": hd,
+            "hd95_undefined": 0,
+            "gt_empty": 0,
+            "false_positive_on_empty": 0,
+            "test_loss": 0.1,
+            "best_epoch": 4,
+            "epochs": 4,
+            "images": 3,
+            "gpu": {"available": False, "reason": "device is cpu, not a GPU"},
+        }
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        run_info = {
+            "status": "complete",
+            "data_sha256": f"{dataset}-data",
+            "data": {"synthetic": True},
+            "environment": {"device_name": "Test CPU", "git_commit": "abc"},
+            "settings": {"amp": "off"},
+        }
+        (run / "run.json").write_text(json.dumps(run_info))
+        pd.DataFrame({"epoch": range(1, 5), "val_dice": curve}).to_csv(run / "history.csv", index=False)
+        pd.DataFrame({"id": ["a", "b", "c"], "dice": [dice - 0.01, dice, dice + 0.01]}).to_csv(
+            run / "per_image.csv", index=False
+        )
+        params, gflops, ms = BENCH[model]
+        bench = {
+            "params": params,
+            "gflops_per_image": gflops,
+            "latency_ms": {"median": ms, "p90": ms + 1, "p99": ms + 2},
+            "throughput": [{"batch_size": 8, "images_per_s": 1000 / ms * 4}],
+            "environment": {"device_name": "Test CPU"},
+        }
+        (results / dataset / name / "bench.json").write_text(json.dumps(bench))
+    return results
