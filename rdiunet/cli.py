@@ -91,6 +91,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         seed=args.seed,
         keep_empty=args.keep_empty,
         workers=args.workers,
+        split_by=args.split_by,
     )
 
 
@@ -236,6 +237,12 @@ def add_prepare_parser(verbs) -> None:
         "split by subject for nerve",
     )
     prepare.add_argument("--seed", type=int, default=0, help="seed of the split")
+    prepare.add_argument(
+        "--split-by",
+        choices=("subject", "image"),
+        default="subject",
+        help="subject: a subject's images stay in one split (nerve); image: images are split at random",
+    )
     prepare.add_argument(
         "--keep-empty",
         action=argparse.BooleanOptionalAction,

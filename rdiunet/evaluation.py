@@ -56,16 +56,23 @@ def score(model, split: Split, batch_size: int, runtime: Runtime) -> Scores:
     )
 
 
-def write_per_image(folder: RunFolder, scores: Scores) -> None:
+def write_per_image(folder: RunFolder, scores: Scores, groups: tuple[str, ...]) -> None:
     with atomic_path(folder.per_image) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "dice", "iou", "hd95", "gt_empty", "pred_empty"])
+        writer.writerow(["id", "group", "dice", "iou", "hd95", "gt_empty", "pred_empty"])
         rows = zip(
-            scores.ids, scores.dice, scores.iou, scores.hd95, scores.gt_empty, scores.pred_empty, strict=True
+            scores.ids,
+            groups or scores.ids,
+            scores.dice,
+            scores.iou,
+            scores.hd95,
+            scores.gt_empty,
+            scores.pred_empty,
+            strict=True,
         )
-        for image, dice, iou, distance, gt_empty, pred_empty in rows:
+        for image, group, dice, iou, distance, gt_empty, pred_empty in rows:
             writer.writerow(
-                [image, f"{dice:.6f}", f"{iou:.6f}", f"{distance:.4f}", int(gt_empty), int(pred_empty)]
+                [image, group, f"{dice:.6f}", f"{iou:.6f}", f"{distance:.4f}", int(gt_empty), int(pred_empty)]
             )
 
 
@@ -84,7 +91,7 @@ def evaluate_run(
     model.load_state_dict(best["model"])
     test = data.splits["test"]
     scores = score(model, test.to(runtime.device), settings.batch_size, runtime)
-    write_per_image(folder, scores)
+    write_per_image(folder, scores, test.groups)
     metrics = {
         "split": "test",
         "images": len(test),

@@ -105,7 +105,7 @@ def test_a_table_column_is_one_line(tmp_path):
 def test_missing_threshold_is_a_one_line_error(tmp_path):
     write_tree(tmp_path)
     no_threshold = {**CONFIG, "datasets": {"jsrt": {}, "isic": {"threshold": 0.75}}}
-    assert_one_line_error(tables_cli(tmp_path, no_threshold), "no Table 2 threshold for dataset 'jsrt'")
+    assert_one_line_error(tables_cli(tmp_path, no_threshold), "datasets.jsrt gives no threshold")
 
 
 def test_missing_run_and_bench_are_gaps_stated_in_the_tables(tmp_path):
@@ -154,8 +154,9 @@ def constructed(difference: float, noise: float, seeds: int = 5, images: int = 4
 )
 def test_accuracy_verdicts(difference, noise, seeds, expected):
     runs, per_image = constructed(difference, noise, seeds)
-    verdict = claim_rules.accuracy("d", runs, per_image)
-    assert verdict.verdict == expected, verdict.evidence
+    verdict, evidence = claim_rules.accuracy("d", runs, per_image, "rdiunet", "unet")
+    assert verdict == expected, evidence
+    assert "resampling images (40)" in evidence  # one image per group: the frame bootstrap
 
 
 def counts_runs(unet, rdiunet, column):
@@ -170,19 +171,22 @@ def counts_runs(unet, rdiunet, column):
     return frame
 
 
+def fewer(claim, runs):
+    return claim_rules.fewer_is_better(claim, "d", runs, "rdiunet", "unet")
+
+
 def test_stability_and_convergence_verdicts():
-    better = counts_runs([5, 4, 6, 5, 7], [0, 1, 0, 2, 1], "stability")
-    assert claim_rules.fewer_is_better("stability", "d", better).verdict == "reproduced"
-    worse = counts_runs([0, 1, 0, 2, 1], [5, 4, 6, 5, 7], "stability")
-    assert claim_rules.fewer_is_better("stability", "d", worse).verdict == "not reproduced"
-    equal = counts_runs([1, 1, 1, 1, 1], [1, 1, 1, 1, 1], "stability")
-    assert claim_rules.fewer_is_better("stability", "d", equal).verdict == "not reproduced"
-    few = counts_runs([5, 4], [0, 1], "stability")
-    assert claim_rules.fewer_is_better("stability", "d", few).verdict == "inconclusive"
+    assert fewer("stability", counts_runs([5, 4, 6, 5, 7], [0, 1, 0, 2, 1], "stability"))[0] == "reproduced"
+    assert (
+        fewer("stability", counts_runs([0, 1, 0, 2, 1], [5, 4, 6, 5, 7], "stability"))[0] == "not reproduced"
+    )
+    assert fewer("stability", counts_runs([1] * 5, [1] * 5, "stability"))[0] == "not reproduced"
+    assert fewer("stability", counts_runs([5, 4], [0, 1], "stability"))[0] == "inconclusive"
     # A run that never converges counts as epochs + 1 = 51: RDIU-Net still converges sooner.
-    converge = counts_runs([36, None, 40, 38, 41], [17, 20, 18, 19, 25], "convergence")
-    verdict = claim_rules.fewer_is_better("convergence", "d", converge)
-    assert verdict.verdict == "reproduced" and "51" in verdict.evidence
+    verdict, evidence = fewer(
+        "convergence", counts_runs([36, None, 40, 38, 41], [17, 20, 18, 19, 25], "convergence")
+    )
+    assert verdict == "reproduced" and "51" in evidence
 
 
 def test_speed_and_parameter_verdicts():
@@ -194,9 +198,9 @@ def test_speed_and_parameter_verdicts():
             {"dataset": "e", "model": "rdiunet", "ms_median": 27.0, "params": 5_900_000, "device": "GPU"},
         ]
     )
-    assert claim_rules.speed("d", benches).verdict == "reproduced"  # 27% faster
-    assert claim_rules.speed("e", benches).verdict == "not reproduced"  # 10% faster
-    assert claim_rules.parameters(benches).verdict == "reproduced"  # 60.7% fewer
+    assert claim_rules.speed("d", benches, "rdiunet", "unet")[0] == "reproduced"  # 27% faster
+    assert claim_rules.speed("e", benches, "rdiunet", "unet")[0] == "not reproduced"  # 10% faster
+    assert claim_rules.parameters(benches, "rdiunet", "unet")[0] == "reproduced"  # 60.7% fewer
 
 
 def test_overall_verdict():
@@ -244,9 +248,16 @@ def report_cli(root: Path, config: dict, out: Path):
     )
 
 
-def test_html_escapes_hostile_model_names(tmp_path):
-    write_tree(tmp_path, models=("unet", HOSTILE))
-    config = {**CONFIG, "models": {"unet": {}, HOSTILE: {"note": "<script>alert(2)</script>"}}}
+def test_a_label_that_is_not_a_safe_folder_name_is_refused(tmp_path):
+    write_tree(tmp_path)
+    config = {**CONFIG, "models": {"unet": {}, HOSTILE: {"model": "rdiunet"}}}
+    result = report_cli(tmp_path, config, tmp_path / "reports" / "report.html")
+    assert_one_line_error(result, "a label must be lower case letters, digits and _")
+
+
+def test_html_escapes_hostile_configuration_text(tmp_path):
+    write_tree(tmp_path)
+    config = {**CONFIG, "note": f"{HOSTILE}<script>alert(2)</script>"}
     out = tmp_path / "reports" / "report.html"
     result = report_cli(tmp_path, config, out)
     assert result.returncode == 0, result.stderr
@@ -254,7 +265,6 @@ def test_html_escapes_hostile_model_names(tmp_path):
     assert HOSTILE not in page and "<script>alert(2)" not in page
     assert "&lt;img src=x onerror=" in page
     assert "Synthetic data." in page
-    assert "model rdiunet was not run" in page  # the hostile name replaced the paper's model
 
 
 def chromium_paths():
@@ -295,7 +305,7 @@ def test_report_in_headless_chromium(demo):
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])"
         )
-        assert len(images) == 3 * len(FIGURE_KINDS)  # 3 datasets x every kind
+        assert len(images) == 4 * len(FIGURE_KINDS)  # 4 datasets (nerve_by_image too) x every kind
         assert all(complete and width > 0 for complete, width, _ in images), images
         assert all(src.startswith("data:image/png;base64") for _, _, src in images)
         network = driver.execute_script(
@@ -306,6 +316,8 @@ def test_report_in_headless_chromium(demo):
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert severe == []
         assert "Synthetic data." in driver.find_element("css selector", ".banner").text
+        matrix = driver.find_element("id", "robustness").find_element("xpath", "following::table[1]")
+        assert len(matrix.find_elements("css selector", "tbody tr")) == 3
         height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(1280, min(height, 16000))
         artifacts = Path(os.environ.get("RDIUNET_TEST_ARTIFACTS", REPO / "test-artifacts"))

@@ -38,10 +38,16 @@ def test_paper_run_plans_the_full_grid(tmp_path):
     result = snakemake(copy_workflow(tmp_path), "-n")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
-    assert jobs["download"] == 3 and jobs["prepare"] == 3
-    assert jobs["train"] == 30  # 3 datasets x 2 models x 5 seeds
-    assert jobs["bench"] == 6  # 3 datasets (their sizes) x 2 models
+    # One download per source; nerve_by_image prepares nerve's archives again, by its own split.
+    assert jobs["download"] == 3 and jobs["prepare"] == 4
+    # The readings' runs: the headline pair on 3 datasets, rdiunet_k3 and unet_classic against the
+    # headline partner on 3 datasets, the headline pair on nerve_by_image: 14 pairs x 5 seeds.
+    assert jobs["train"] == 14 * 5
+    assert jobs["bench"] == 14
     assert jobs["tables"] == jobs["figures"] == jobs["report"] == jobs["all"] == 1
+    for variant in ("results/nerve_by_image/rdiunet/seed4", "results/jsrt/unet_classic/seed0"):
+        assert variant in result.stdout
+    assert "results/nerve_by_image/unet_classic" not in result.stdout  # one factor at a time
 
 
 @pytest.mark.slow
@@ -120,7 +126,22 @@ def test_schema_defaults_equal_the_settings_defaults(section, settings):
 
 def test_schema_dataset_names_are_the_registered_sources():
     schema = yaml.safe_load(SCHEMA.read_text())
-    assert sorted(schema["properties"]["datasets"]["propertyNames"]["enum"]) == sources.names()
+    assert schema["$defs"]["dataset_fields"]["properties"]["source"]["enum"] == sources.names()
+    assert sorted(schema["properties"]["datasets"]["properties"]) == sources.names()
+
+
+def test_schema_model_options_are_the_constructors_arguments():
+    import inspect
+
+    from rdiunet.models.registry import _BUILDERS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert schema["$defs"]["model_variant"]["properties"]["model"]["enum"] == sorted(_BUILDERS)
+    assert sorted(schema["properties"]["models"]["properties"]) == sorted(_BUILDERS)
+    for name, builder in _BUILDERS.items():
+        arguments = set(inspect.signature(builder).parameters) - {"in_channels"}
+        options = set(schema["$defs"][f"{name}_options"]["properties"]) - {"model"}
+        assert options == arguments, name
 
 
 def test_stability_drop_default_is_the_papers():
@@ -154,10 +175,19 @@ def test_conda_envs_are_pinned_and_agree_with_pyproject():
 # --- the demo, end to end (the `demo` fixture is in conftest.py) ------------------------------------
 
 
+DEMO_RUNS = {
+    "nerve": ("unet", "unet_classic", "rdiunet"),
+    "jsrt": ("unet", "unet_classic", "rdiunet"),
+    "isic": ("unet", "unet_classic", "rdiunet"),
+    "nerve_by_image": ("unet", "rdiunet"),
+}
+
+
 @pytest.mark.slow
 def test_demo_outputs_meet_the_data_contracts(demo):
     root = demo / "demo"
-    for dataset, n_images in (("nerve", None), ("jsrt", 60), ("isic", 80)):
+    assert sorted(p.name for p in (root / "data" / "raw").iterdir()) == ["isic", "jsrt", "nerve"]
+    for dataset, n_images in (("nerve", None), ("jsrt", 60), ("isic", 80), ("nerve_by_image", None)):
         with np.load(root / "data" / "prepared" / f"{dataset}.npz") as npz:
             assert {"images", "masks", "ids", "groups", "split"} <= set(npz.files)
             assert npz["images"].shape[1:] == (64, 64) and npz["masks"].max() == 1
@@ -165,7 +195,9 @@ def test_demo_outputs_meet_the_data_contracts(demo):
                 assert len(npz["ids"]) == n_images
         summary = yaml.safe_load((root / "data" / "prepared" / f"{dataset}.json").read_text())
         assert summary["synthetic"] is True
-        for model in ("unet", "rdiunet"):
+        assert summary["split"]["by"] == ("image" if dataset == "nerve_by_image" else "subject")
+        assert sorted(p.name for p in (root / "results" / dataset).iterdir()) == sorted(DEMO_RUNS[dataset])
+        for model in DEMO_RUNS[dataset]:
             bench = yaml.safe_load((root / "results" / dataset / model / "bench.json").read_text())
             assert bench["latency_ms"]["median"] > 0
             for seed in (0, 1):
@@ -181,15 +213,21 @@ def test_demo_outputs_meet_the_data_contracts(demo):
                 ):
                     assert (run / name).exists(), run / name
                 metrics = yaml.safe_load((run / "metrics.json").read_text())
-                assert metrics["dice"] > 0.9, (run, metrics["dice"])  # the demo's promise
+                # The demo's promise for the headline pair; the textbook U-Net (no batch norm,
+                # dropout 0.5) learns more slowly, as the paper's baseline did.
+                assert metrics["dice"] > (0.9 if model != "unet_classic" else 0.3), (run, metrics["dice"])
                 assert yaml.safe_load((run / "run.json").read_text())["data"]["synthetic"] is True
     table1 = (root / "reports" / "table1.md").read_text()
     assert table1.startswith("> **Synthetic data.**")
-    assert len((root / "reports" / "table1.csv").read_text().splitlines()) == 1 + 6
+    assert len((root / "reports" / "table1.csv").read_text().splitlines()) == 1 + 11
     assert (root / "logs" / "timing" / "train" / "jsrt" / "unet" / "seed0.tsv").exists()
-    assert (root / "reports" / "report.html").exists() and (root / "reports" / "claims.csv").exists()
+    for name in ("report.html", "claims.csv", "robustness.csv", "paper_check.csv"):
+        assert (root / "reports" / name).exists(), name
+    robustness = (root / "reports" / "robustness.csv").read_text().splitlines()
+    readings = [line.split(",")[0] for line in robustness[1:]]
+    assert readings == ["headline", "baseline = unet_classic", "nerve = nerve_by_image", "summary"]
     figures = {p.name for p in (root / "reports" / "figures").glob("*.svg")}
-    assert figures == {f"{kind}_{d}.svg" for kind in FIGURE_KINDS for d in ("nerve", "jsrt", "isic")}
+    assert figures == {f"{kind}_{d}.svg" for kind in FIGURE_KINDS for d in DEMO_RUNS}
 
 
 @pytest.mark.slow
@@ -220,7 +258,8 @@ def test_paper_config_uses_the_paper_thresholds():
     from rdiunet import paper
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert {name: d["threshold"] for name, d in config["datasets"].items()} == paper.THRESHOLDS
+    headline = {name: d["threshold"] for name, d in config["datasets"].items() if "source" not in d}
+    assert headline == paper.THRESHOLDS
     assert config["stability_drop"] == paper.STABILITY_DROP
     assert config["training"]["lr"] == 1e-4  # Adam at the paper's learning rate
     assert len(config["seeds"]) >= 5  # the claim verdicts need five seeds

@@ -22,17 +22,19 @@ REQUIRED = {"images": np.uint8, "masks": np.uint8, "split": np.int8}
 
 @dataclass(frozen=True)
 class Split:
-    """One split: images (N,1,H,W) and masks (N,1,H,W), both uint8, and the image ids."""
+    """One split: images (N,1,H,W) and masks (N,1,H,W), both uint8, the image ids and their groups
+    (the subject an image comes from; the image itself where the source has no subjects)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     ids: tuple[str, ...]
+    groups: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def to(self, device: torch.device | str) -> "Split":
-        return Split(self.images.to(device), self.masks.to(device), self.ids)
+        return Split(self.images.to(device), self.masks.to(device), self.ids, self.groups)
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -69,10 +71,14 @@ def load_prepared(path: str | Path) -> dict[str, Split]:
     images = torch.from_numpy(arrays["images"]).unsqueeze(1)
     masks = torch.from_numpy(arrays["masks"]).unsqueeze(1)
     ids = arrays["ids"].astype(str)
+    groups = arrays["groups"].astype(str) if "groups" in arrays else ids
     result = {}
     for code, name in enumerate(SPLITS):
-        index = torch.from_numpy(np.flatnonzero(arrays["split"] == code))
-        result[name] = Split(images[index].contiguous(), masks[index].contiguous(), tuple(ids[index.numpy()]))
+        index = np.flatnonzero(arrays["split"] == code)
+        rows = torch.from_numpy(index)
+        result[name] = Split(
+            images[rows].contiguous(), masks[rows].contiguous(), tuple(ids[index]), tuple(groups[index])
+        )
     return result
 
 

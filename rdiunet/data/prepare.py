@@ -37,6 +37,7 @@ from .source import Pair
 from .synthetic import MARKER
 
 SPLITS = ("train", "val", "test")
+SPLIT_BY = ("subject", "image")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
@@ -162,12 +163,19 @@ def prepare(
     seed: int = 0,
     keep_empty: bool | None = None,
     workers: int | None = None,
+    split_by: str = "subject",
 ) -> dict:
-    """Write `out` (.npz) and its .json summary; return the summary."""
+    """Write `out` (.npz) and its .json summary; return the summary.
+
+    `split_by` "subject" keeps each group (a subject for nerve, the image itself elsewhere) in one
+    split; "image" splits images at random (frames of one subject then land in several splits,
+    the reading the paper may have used). The groups are recorded either way."""
     source = sources.get(dataset)
     size = source.size if size is None else size
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     check_options(size, workers, seed)
+    if split_by not in SPLIT_BY:
+        raise UserError(f"--split-by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
     if not raw.is_dir():
         raise UserError(f"raw data folder {raw} does not exist; run rdiunet download or rdiunet synth first")
     keep_empty = source.keep_empty if keep_empty is None else keep_empty
@@ -193,7 +201,8 @@ def prepare(
         if not pairs:
             raise UserError(f"no images left in {raw} after dropping empty masks; use --keep-empty")
         groups = [p.group for p in pairs]
-        split = assign_splits(groups, [p.official for p in pairs], fractions, seed)
+        units = groups if split_by == "subject" else [p.id for p in pairs]
+        split = assign_splits(units, [p.official for p in pairs], fractions, seed)
         marker = synthetic_marker(raw)
         summary = {
             "dataset": dataset,
@@ -209,6 +218,7 @@ def prepare(
             "empty_masks": {name: int((empty & (split == k)).sum()) for k, name in enumerate(SPLITS)},
             "dropped_empty": dropped,
             "split": {
+                "by": split_by,
                 "fractions": list(fractions),
                 "seed": seed,
                 "official": sorted({SPLITS[p.official] for p in pairs if p.official is not None}),

@@ -2,14 +2,19 @@
 
 from torch import nn
 
+NORMS = ("batch", "none")
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    """Conv (no bias: BN follows) -> BatchNorm -> ReLU, 'same' padding."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+
+def conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int = 3, norm: str = "batch"
+) -> nn.Sequential:
+    """Conv -> BatchNorm -> ReLU, 'same' padding; with norm "none", Conv (with its bias) -> ReLU."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    batch = norm == "batch"
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not batch)
+    layers = [conv, nn.BatchNorm2d(out_channels)] if batch else [conv]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
 def up_conv(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:

@@ -1,41 +1,51 @@
-"""Verdicts on the paper's claims, each from a rule stated beside it.
+"""Verdicts on the paper's claims, each from a rule stated beside it, under every reading.
 
-Seed-based claims (accuracy, stability, convergence) need at least MIN_SEEDS paired seeds: with
-fewer, a one-sided Wilcoxon test cannot reach p < 0.05 (its smallest p with n pairs is 1/2^n), so
-the verdict is "inconclusive" rather than a guess.
+A reading (rdiunet.readings) names the proposed model, the baseline and the datasets; the rules
+below judge each claim for that pair on each dataset. Seed-based claims (accuracy, stability,
+convergence) need at least MIN_SEEDS paired seeds: with fewer, a one-sided Wilcoxon test cannot
+reach p < 0.05 (its smallest p with n pairs is 1/2^n), so the verdict is "inconclusive" rather
+than a guess.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from rdiunet import paper
-from rdiunet.stats import compare, wilcoxon_greater
+from rdiunet.readings import Reading
+from rdiunet.stats import MIN_UNITS, compare, wilcoxon_greater
 
 from .collect import Collection, Study
 
 MIN_SEEDS = 5
 ALPHA = 0.05
+SPEED_GAIN = 0.20
+FEWER_PARAMETERS = 0.60
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+PER_DATASET = ("accuracy", "speed", "stability", "convergence")
 
 RULES = {
     "accuracy": (
         f"Per dataset, over >= {MIN_SEEDS} seeds: reproduced if a one-sided paired Wilcoxon signed-rank "
-        f"test of per-seed test Dice (RDIU-Net > U-Net) gives p < {ALPHA} and the paired bootstrap 95% CI "
-        "of the per-image Dice difference (each image's Dice averaged over seeds) lies above 0; not "
-        f"reproduced if that CI lies below 0 or the opposite one-sided test gives p < {ALPHA}; "
-        "otherwise inconclusive."
+        f"test of per-seed test Dice (proposed > baseline) gives p < {ALPHA} and the paired bootstrap 95% "
+        "CI of the per-image Dice difference (each image's Dice averaged over seeds; whole subjects "
+        "resampled where a dataset has several images per subject) lies above 0; not reproduced if that "
+        f"CI lies below 0 or the opposite one-sided test gives p < {ALPHA}; otherwise inconclusive."
     ),
     "speed": (
-        "Per dataset: speed-up = 1 - (RDIU-Net batch-1 median ms / U-Net batch-1 median ms) on the "
-        "benchmark's device; reproduced if >= 20%, not reproduced otherwise."
+        "Per dataset: speed-up = 1 - (proposed batch-1 median ms / baseline batch-1 median ms) on the "
+        f"benchmark's device; reproduced if >= {SPEED_GAIN:.0%}, not reproduced otherwise."
     ),
-    "parameters": "Reproduced if RDIU-Net has at least 60% fewer parameters than U-Net (paper: 62%).",
+    "parameters": (
+        f"Reproduced if the proposed model has at least {FEWER_PARAMETERS:.0%} fewer parameters than the "
+        "baseline (paper: 62%)."
+    ),
     "stability": (
-        f"Per dataset, over >= {MIN_SEEDS} seeds: reproduced if RDIU-Net has fewer validation-Dice "
-        f"drops (>= the stability threshold) by a one-sided paired Wilcoxon test, p < {ALPHA}; not "
-        "reproduced if its total is equal or higher; otherwise inconclusive."
+        f"Per dataset, over >= {MIN_SEEDS} seeds: reproduced if the proposed model has fewer "
+        f"validation-Dice drops (>= the stability threshold) by a one-sided paired Wilcoxon test, p < "
+        f"{ALPHA}; not reproduced if its total is equal or higher; otherwise inconclusive."
     ),
     "convergence": (
         "As stability, on the first epoch above the dataset's threshold (a run that never "
@@ -47,125 +57,123 @@ RULES = {
 @dataclass(frozen=True)
 class Verdict:
     claim: str
-    dataset: str  # a dataset key, or "all"
+    dataset: str  # a dataset label, or "all"
     verdict: str
     evidence: str
+    reading: str = "headline"
 
 
-def paired_seeds(runs: pd.DataFrame, dataset: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def paired_seeds(runs: pd.DataFrame, dataset: str, proposed: str, baseline: str):
     """Baseline and proposed runs of `dataset` on the seeds both have (a seed left out for one
     model is left out for both), in seed order."""
     base, prop = (
-        runs[(runs.dataset == dataset) & (runs.model == m)].sort_values("seed")
-        for m in (paper.BASELINE, paper.PROPOSED)
+        runs[(runs.dataset == dataset) & (runs.model == m)].sort_values("seed") for m in (baseline, proposed)
     )
     seeds = sorted(set(base.seed) & set(prop.seed))
     return base[base.seed.isin(seeds)], prop[prop.seed.isin(seeds)]
 
 
-def no_pairs(claim: str, dataset: str) -> Verdict:
-    return Verdict(
-        claim, dataset, INCONCLUSIVE, "no seed has a valid run of both models (see the runs left out)"
-    )
+NO_PAIRS = "no seed has a valid run of both models (see the runs left out)"
 
 
-def accuracy(dataset: str, runs: pd.DataFrame, per_image: pd.DataFrame) -> Verdict:
-    base, prop = paired_seeds(runs, dataset)
+def accuracy(dataset: str, runs: pd.DataFrame, per_image: pd.DataFrame, proposed: str, baseline: str):
+    base, prop = paired_seeds(runs, dataset, proposed, baseline)
     if base.empty:
-        return no_pairs("accuracy", dataset)
+        return INCONCLUSIVE, NO_PAIRS
     paired = per_image[(per_image.dataset == dataset) & per_image.seed.isin(set(base.seed))]
     images = paired.groupby(["model", "id"])["dice"].mean().unstack("model")
-    images = images.reindex(columns=[paper.PROPOSED, paper.BASELINE]).dropna()
-    result = compare(prop.dice, base.dice, images[paper.PROPOSED], images[paper.BASELINE])
+    images = images.reindex(columns=[proposed, baseline]).dropna()
+    # Each image's subject, for the cluster bootstrap (per_image.csv of older runs has none).
+    group_of = paired.groupby("id")["group"].first().to_dict() if "group" in paired else {}
+    groups = [group_of.get(image, image) for image in images.index]
+    result = compare(prop.dice, base.dice, images[proposed], images[baseline], groups=groups)
     p = "n/a" if result.wilcoxon_p is None else f"{result.wilcoxon_p:.3g}"
-    per_image_text = (
-        f"per-image difference {result.image_difference:+.4f}, 95% CI "
-        f"[{result.ci_low:+.4f}, {result.ci_high:+.4f}] over {result.images} images"
-        if result.images
-        else "no per-image scores shared by both models"
-    )
+    if not result.images:
+        per_image_text = "no per-image scores shared by both models"
+    elif math.isnan(result.ci_low):
+        per_image_text = (
+            f"per-image difference {result.image_difference:+.4f} over {result.images} images; no interval "
+            f"from fewer than {MIN_UNITS} resampling units ({result.resampled})"
+        )
+    else:
+        per_image_text = (
+            f"per-image difference {result.image_difference:+.4f}, 95% CI [{result.ci_low:+.4f}, "
+            f"{result.ci_high:+.4f}] over {result.images} images (resampling {result.resampled})"
+        )
     evidence = (
-        f"mean Dice difference {result.mean_difference:+.4f} over {result.seeds} seeds (Wilcoxon one-sided "
-        f"p = {p}); {per_image_text}"
+        f"{proposed} - {baseline}: mean Dice difference {result.mean_difference:+.4f} over {result.seeds} "
+        f"seeds (Wilcoxon one-sided p = {p}); {per_image_text}"
     )
     worse_p = wilcoxon_greater(base.dice, prop.dice)
     if result.seeds < MIN_SEEDS:
-        verdict = INCONCLUSIVE
-        evidence += f"; only {result.seeds} seeds (need {MIN_SEEDS})"
-    elif not result.images:
-        verdict = INCONCLUSIVE
-    elif result.ci_high < 0 or (worse_p is not None and worse_p < ALPHA):
-        verdict = NOT_REPRODUCED
-    elif result.wilcoxon_p is not None and result.wilcoxon_p < ALPHA and result.ci_low > 0:
-        verdict = REPRODUCED
-    else:
-        verdict = INCONCLUSIVE
-    return Verdict("accuracy", dataset, verdict, evidence)
+        return INCONCLUSIVE, evidence + f"; only {result.seeds} seeds (need {MIN_SEEDS})"
+    if not result.images or math.isnan(result.ci_low):
+        return INCONCLUSIVE, evidence
+    if result.ci_high < 0 or (worse_p is not None and worse_p < ALPHA):
+        return NOT_REPRODUCED, evidence
+    if result.wilcoxon_p is not None and result.wilcoxon_p < ALPHA and result.ci_low > 0:
+        return REPRODUCED, evidence
+    return INCONCLUSIVE, evidence
 
 
-def fewer_is_better(claim: str, dataset: str, runs: pd.DataFrame) -> Verdict:
-    """Stability and convergence: RDIU-Net should need fewer (drops, epochs) per seed."""
-    pairs = paired_seeds(runs, dataset)
+def fewer_is_better(claim: str, dataset: str, runs: pd.DataFrame, proposed: str, baseline: str):
+    """Stability and convergence: the proposed model should need fewer (drops, epochs) per seed."""
+    pairs = paired_seeds(runs, dataset, proposed, baseline)
     if pairs[0].empty:
-        return no_pairs(claim, dataset)
+        return INCONCLUSIVE, NO_PAIRS
 
     def values(group: pd.DataFrame) -> np.ndarray:
         if claim == "convergence":
-            return np.array(
-                [e + 1 if pd.isna(c) else c for c, e in zip(group.convergence, group.epochs, strict=True)],
-                float,
-            )
+            censored = zip(group.convergence, group.epochs, strict=True)
+            return np.array([e + 1 if pd.isna(c) else c for c, e in censored], float)
         return np.array(group.stability, float)
 
     base, prop = (values(group) for group in pairs)
     p = wilcoxon_greater(base, prop)
+    p_text = "n/a" if p is None else f"{p:.3g}"
     evidence = (
-        f"U-Net {'/'.join(str(int(v)) for v in base)} vs RDIU-Net {'/'.join(str(int(v)) for v in prop)} "
-        f"per seed (Wilcoxon one-sided p = {'n/a' if p is None else f'{p:.3g}'})"
+        f"{baseline} {'/'.join(str(int(v)) for v in base)} vs {proposed} "
+        f"{'/'.join(str(int(v)) for v in prop)} per seed (Wilcoxon one-sided p = {p_text})"
     )
     if len(base) < MIN_SEEDS:
-        verdict, evidence = INCONCLUSIVE, evidence + f"; only {len(base)} seeds (need {MIN_SEEDS})"
-    elif prop.sum() >= base.sum():
-        verdict = NOT_REPRODUCED
-    elif p is not None and p < ALPHA:
-        verdict = REPRODUCED
-    else:
-        verdict = INCONCLUSIVE
-    return Verdict(claim, dataset, verdict, evidence)
+        return INCONCLUSIVE, evidence + f"; only {len(base)} seeds (need {MIN_SEEDS})"
+    if prop.sum() >= base.sum():
+        return NOT_REPRODUCED, evidence
+    if p is not None and p < ALPHA:
+        return REPRODUCED, evidence
+    return INCONCLUSIVE, evidence
 
 
-def bench_rows(benches: pd.DataFrame, dataset: str | None = None) -> dict:
-    """model -> its bench row, for the two models of the claims (absent where bench.json is)."""
-    rows = benches if dataset is None else benches[benches.dataset == dataset]
-    return {
-        m: rows[rows.model == m].iloc[0] for m in (paper.BASELINE, paper.PROPOSED) if (rows.model == m).any()
-    }
+def bench_row(benches: pd.DataFrame, model: str, dataset: str | None = None):
+    rows = benches[benches.model == model]
+    rows = rows if dataset is None else rows[rows.dataset == dataset]
+    return rows.iloc[0] if len(rows) else None
 
 
-def speed(dataset: str, benches: pd.DataFrame) -> Verdict:
-    ms = bench_rows(benches, dataset)
-    if len(ms) < 2:
-        return Verdict("speed", dataset, INCONCLUSIVE, "a bench.json is missing or unreadable (see the gaps)")
-    gain = 1 - ms[paper.PROPOSED].ms_median / ms[paper.BASELINE].ms_median
+def speed(dataset: str, benches: pd.DataFrame, proposed: str, baseline: str):
+    prop, base = bench_row(benches, proposed, dataset), bench_row(benches, baseline, dataset)
+    if prop is None or base is None:
+        return INCONCLUSIVE, "a bench.json is missing or unreadable (see the gaps)"
+    gain = 1 - prop.ms_median / base.ms_median
     evidence = (
-        f"RDIU-Net {ms[paper.PROPOSED].ms_median:.2f} ms vs U-Net {ms[paper.BASELINE].ms_median:.2f} ms per "
-        f"image: {abs(gain):.0%} {'faster' if gain >= 0 else 'slower'} on {ms[paper.PROPOSED].device} "
-        f"(paper: {paper.HARDWARE})"
+        f"{proposed} {prop.ms_median:.2f} ms vs {baseline} {base.ms_median:.2f} ms per image: "
+        f"{abs(gain):.0%} {'faster' if gain >= 0 else 'slower'} on {prop.device} (paper: {paper.HARDWARE})"
     )
-    return Verdict("speed", dataset, REPRODUCED if gain >= 0.20 else NOT_REPRODUCED, evidence)
+    return (REPRODUCED if gain >= SPEED_GAIN else NOT_REPRODUCED), evidence
 
 
-def parameters(benches: pd.DataFrame) -> Verdict:
-    rows = bench_rows(benches)
-    if len(rows) < 2:
-        return Verdict("parameters", "all", INCONCLUSIVE, "no bench.json of one of the models could be read")
-    params = {m: int(row.params) for m, row in rows.items()}
-    fewer = 1 - params[paper.PROPOSED] / params[paper.BASELINE]
-    evidence = f"{params[paper.PROPOSED]:,} vs {params[paper.BASELINE]:,} parameters: {fewer:.1%} fewer"
-    return Verdict("parameters", "all", REPRODUCED if fewer >= 0.60 else NOT_REPRODUCED, evidence)
+def parameters(benches: pd.DataFrame, proposed: str, baseline: str):
+    prop, base = bench_row(benches, proposed), bench_row(benches, baseline)
+    if prop is None or base is None:
+        return INCONCLUSIVE, "no bench.json of one of the models could be read"
+    fewer = 1 - int(prop.params) / int(base.params)
+    evidence = (
+        f"{proposed} {int(prop.params):,} vs {baseline} {int(base.params):,} parameters: {fewer:.1%} fewer"
+    )
+    return (REPRODUCED if fewer >= FEWER_PARAMETERS else NOT_REPRODUCED), evidence
 
 
-def overall(claim: str, verdicts: list[Verdict]) -> Verdict:
+def overall(claim: str, verdicts: list[Verdict], reading: str = "headline") -> Verdict:
     found = {v.verdict for v in verdicts}
     if NOT_REPRODUCED in found:
         verdict = NOT_REPRODUCED
@@ -176,34 +184,39 @@ def overall(claim: str, verdicts: list[Verdict]) -> Verdict:
     counts = ", ".join(
         f"{sum(v.verdict == k for v in verdicts)} {k}" for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
     )
-    return Verdict(claim, "all", verdict, f"per dataset: {counts}")
+    return Verdict(claim, "all", verdict, f"per dataset: {counts}", reading)
+
+
+def judge(collection: Collection, study: Study, reading: Reading) -> list[Verdict]:
+    """Every claim under one reading: per dataset with an overall verdict above, and parameters."""
+    pair = (reading.proposed, reading.baseline)
+    verdicts = []
+    for claim in PER_DATASET:
+        rows = []
+        for dataset in reading.datasets:
+            if claim == "accuracy":
+                verdict, evidence = accuracy(dataset, collection.runs, collection.per_image, *pair)
+            elif claim == "speed":
+                verdict, evidence = speed(dataset, collection.benches, *pair)
+            else:
+                verdict, evidence = fewer_is_better(claim, dataset, collection.runs, *pair)
+            rows.append(Verdict(claim, dataset, verdict, evidence, reading.name))
+        verdicts += [overall(claim, rows, reading.name), *rows]
+    verdict, evidence = parameters(collection.benches, *pair)
+    verdicts.append(Verdict("parameters", "all", verdict, evidence, reading.name))
+    return verdicts
 
 
 def evaluate_claims(collection: Collection, study: Study) -> list[Verdict]:
-    missing = [m for m in (paper.BASELINE, paper.PROPOSED) if m not in study.models]
-    if missing:
-        return [
-            Verdict(claim, "all", INCONCLUSIVE, f"model {missing[0]} was not run") for claim in paper.CLAIMS
-        ]
-    verdicts = []
-    for claim in ("accuracy", "speed", "stability", "convergence"):
-        rows = []
-        for dataset in study.datasets:
-            if claim == "accuracy":
-                rows.append(accuracy(dataset, collection.runs, collection.per_image))
-            elif claim == "speed":
-                rows.append(speed(dataset, collection.benches))
-            else:
-                rows.append(fewer_is_better(claim, dataset, collection.runs))
-        verdicts += [overall(claim, rows), *rows]
-    verdicts.append(parameters(collection.benches))
-    return verdicts
+    """The verdicts of every reading, the headline's first."""
+    return [v for reading in study.plan.readings for v in judge(collection, study, reading)]
 
 
 def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
+                "reading": v.reading,
                 "claim": v.claim,
                 "statement": paper.CLAIMS[v.claim],
                 "dataset": v.dataset,

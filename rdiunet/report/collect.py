@@ -19,6 +19,7 @@ from rdiunet import paper
 from rdiunet.errors import UserError
 from rdiunet.fileio import read_json
 from rdiunet.metrics import TEST_METRICS, convergence, stability
+from rdiunet.readings import ConfigError, Plan, resolve
 from rdiunet.runfolder import RunFolder, bench_path, read_bench
 
 # Test metrics that may be null: the median HD95 is undefined when every image's HD95 is.
@@ -54,10 +55,9 @@ PER_IMAGE_COLUMNS = ("id", "dice")
 
 @dataclass(frozen=True)
 class Study:
-    """What the workflow ran: datasets with their thresholds, models, seeds."""
+    """What the workflow ran: the readings' plan (labels, bases, the runs they compare), seeds."""
 
-    datasets: dict[str, dict]
-    models: dict[str, dict]
+    plan: Plan
     seeds: list[int]
     stability_drop: float = paper.STABILITY_DROP
     synthetic: bool = False
@@ -65,30 +65,35 @@ class Study:
     @classmethod
     def from_config(cls, config: dict) -> "Study":
         try:
-            for name, settings in config["datasets"].items():
-                if "threshold" not in settings:
-                    raise UserError(f"the configuration gives no Table 2 threshold for dataset '{name}'")
             return cls(
-                datasets=config["datasets"],
-                models=config["models"],
+                plan=resolve(config),
                 seeds=[int(s) for s in config["seeds"]],
                 stability_drop=config.get("stability_drop", paper.STABILITY_DROP),
                 synthetic=bool(config.get("synthetic", False)),
             )
+        except ConfigError as error:
+            raise UserError(f"the configuration does not fit together: {error}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise UserError(
                 f"the configuration lacks or mistypes {error}; pass the workflow's config"
             ) from None
 
+    @property
+    def datasets(self) -> list[str]:
+        """The dataset labels that were trained on, in the configuration's order."""
+        return self.plan.datasets_trained()
+
+    def models_of(self, dataset: str) -> list[str]:
+        return self.plan.models_of(dataset)
+
     def threshold(self, dataset: str) -> float:
-        return self.datasets[dataset]["threshold"]
+        return self.plan.datasets[dataset]["threshold"]
 
     def runs(self):
-        """(dataset, model, seed) of every training run, in the configuration's order."""
-        for dataset in self.datasets:
-            for model in self.models:
-                for seed in self.seeds:
-                    yield dataset, model, seed
+        """(dataset, model, seed) of every training run the readings need."""
+        for dataset, model in self.plan.pairs:
+            for seed in self.seeds:
+                yield dataset, model, seed
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,7 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
         data_sha256 = prepared_sha256(data, dataset)
         if data_sha256 is None:
             unchecked.append(dataset)
-        for model in study.models:
+        for model in study.models_of(dataset):
             for seed in study.seeds:
                 folder = RunFolder.of(results, dataset, model, seed)
                 try:

@@ -57,6 +57,16 @@ def millions(digits: int) -> Format:
     return lambda row, field: "–" if missing(row[field]) else f"{row[field] / 1e6:.{digits}f}M"
 
 
+INCONSISTENT = " †"
+
+
+def checked(digits: int) -> Format:
+    """The paper's value, marked † where its Dice and IoU cannot come from one set of masks."""
+    return lambda row, field: (
+        fmt(row[field], digits) + (INCONSISTENT if row.get("paper_consistent") is False else "")
+    )
+
+
 def converged_mean_sd(digits: int) -> Format:
     """Convergence over the seeds that converged, saying how many did when not all of them."""
 
@@ -90,8 +100,8 @@ TABLE1 = (
     Column("dataset", "dataset", text=True),
     Column("model", "model", text=True),
     Column("seeds", "seeds"),
-    Column("dice", "Dice", mean_sd(3), Paper("dice", fixed(3), delta=plus_minus(3))),
-    Column("iou", "IoU", mean_sd(3), Paper("iou", fixed(3), delta=plus_minus(3))),
+    Column("dice", "Dice", mean_sd(3), Paper("dice", checked(3), delta=plus_minus(3))),
+    Column("iou", "IoU", mean_sd(3), Paper("iou", checked(3), delta=plus_minus(3))),
     Column("dice_dataset", "Dice (pooled)", mean_sd(3)),
     Column("iou_dataset", "IoU (pooled)", mean_sd(3)),
     Column("hd95_median", "HD95 (px)", mean_sd(1)),

@@ -19,11 +19,13 @@ from .collect import Collection, Study, collect
 from .figure_kinds import FIGURE_KINDS
 
 EXAMPLES = 4
-PALETTE = {"unet": "#1f77b4", "rdiunet": "#d62728"}
+PALETTE = {"unet": "#1f77b4", "rdiunet": "#d62728", "unet_classic": "#17becf", "rdiunet_k3": "#ff7f0e"}
+MORE = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
 
 
 def colour(model: str) -> str:
-    return PALETTE.get(model, "#555555")
+    """A fixed colour per label: the paper's models and readings their own, others from a cycle."""
+    return PALETTE.get(model) or MORE[sum(map(ord, model)) % len(MORE)]
 
 
 def save(figure, out: Path, stem: str) -> list[Path]:
@@ -40,7 +42,7 @@ def save(figure, out: Path, stem: str) -> list[Path]:
 def dice_curves(histories: pd.DataFrame, dataset: str, study: Study, out: Path) -> list[Path]:
     """Mean validation Dice per epoch with a +-1 SD band over seeds, and the Table 2 threshold."""
     figure, axes = plt.subplots(figsize=(6.4, 4))
-    for model in study.models:
+    for model in study.models_of(dataset):
         curves = histories[(histories.dataset == dataset) & (histories.model == model)]
         by_epoch = curves.groupby("epoch")["val_dice"]
         mean, sd = by_epoch.mean(), by_epoch.std().fillna(0)
@@ -61,7 +63,7 @@ def dice_curves(histories: pd.DataFrame, dataset: str, study: Study, out: Path) 
 def dice_distribution(per_image: pd.DataFrame, dataset: str, study: Study, out: Path) -> list[Path]:
     """Per-image test Dice (averaged over seeds): a box per model with the images over it."""
     images = per_image[per_image.dataset == dataset].groupby(["model", "id"], as_index=False)["dice"].mean()
-    order = list(study.models)
+    order = study.models_of(dataset)
     figure, axes = plt.subplots(figsize=(4.8, 4))
     sns.boxplot(
         data=images, x="model", y="dice", order=order, ax=axes, color="white", showfliers=False, width=0.5
@@ -104,13 +106,14 @@ def examples(
     order = np.argsort(test.ids)
     chosen = order[np.linspace(0, len(order) - 1, min(EXAMPLES, len(order))).round().astype(int)]
     images, masks = test.images[chosen], test.masks[chosen]
-    seeds = {m: first_valid_seed(collection, dataset, m) for m in study.models}
+    models = study.models_of(dataset)
+    seeds = {m: first_valid_seed(collection, dataset, m) for m in models}
     predictions = {
         m: predict(RunFolder.of(results, dataset, m, seed), images)
         for m, seed in seeds.items()
         if seed is not None
     }
-    columns = ["image", "ground truth", *(f"{m} (seed {seeds[m]})" for m in study.models)]
+    columns = ["image", "ground truth", *(f"{m} (seed {seeds[m]})" for m in models)]
     figure, axes = plt.subplots(
         len(chosen), len(columns), figsize=(2.2 * len(columns), 2.2 * len(chosen)), squeeze=False
     )
@@ -119,7 +122,7 @@ def examples(
         axes[row, 0].imshow(image, cmap="gray")
         axes[row, 0].set_ylabel(test.ids[index], fontsize=7)
         axes[row, 1].imshow(truth, cmap="gray")
-        for column, model in enumerate(study.models, start=2):
+        for column, model in enumerate(models, start=2):
             if model not in predictions:
                 axes[row, column].text(0.5, 0.5, "no valid run", ha="center", va="center", fontsize=8)
                 continue

@@ -13,10 +13,12 @@ from rdiunet.fileio import atomic_path, read_json
 from rdiunet.provenance import now
 from rdiunet.runfolder import RunFolder, bench_path
 
+from . import paper_check
 from .claims import RULES, claims_frame, evaluate_claims
 from .collect import Collection, Study, collect
 from .columns import TABLE1, TABLE2, rendered
 from .figure_kinds import FIGURE_KINDS
+from .robustness import claim_columns, matrix, robustness_frame, summary
 from .tables import table1, table2
 
 
@@ -71,13 +73,12 @@ def provenance(results: Path, data: Path, collection: Collection, study: Study) 
                     {"dataset": dataset, "file": raw["name"], "bytes": raw["bytes"], "sha256": raw["sha256"]}
                 )
     driver = None
-    for dataset in study.datasets:
-        for model in study.models:
-            bench_file = bench_path(results, dataset, model)
-            if bench_file.exists():
-                bench = read_json(bench_file)["environment"]
-                devices.add(bench["device_name"])
-                driver = driver or bench.get("driver")
+    for dataset, model in study.plan.pairs:
+        bench_file = bench_path(results, dataset, model)
+        if bench_file.exists():
+            bench = read_json(bench_file)["environment"]
+            devices.add(bench["device_name"])
+            driver = driver or bench.get("driver")
     return {
         "versions": versions,
         "devices": sorted(devices),
@@ -106,13 +107,22 @@ def report_command(results: Path, data: Path, figures: Path, timing: Path, confi
     """`rdiunet report`: report.html and claims.csv beside it."""
     study = Study.from_config(config)
     collection = collect(results, study, data)
-    claims = claims_frame(evaluate_claims(collection, study))
+    verdicts = evaluate_claims(collection, study)
+    claims = claims_frame(verdicts)
+    robustness = matrix(verdicts, study.plan)
+    checks = paper_check.paper_check()
     page = {
         "synthetic": collection.synthetic(study),
         # Data that is synthetic although the configuration says it is not: the worst mix-up.
         "mislabelled": [] if study.synthetic else collection.synthetic_runs,
         "excluded": collection.excluded,
-        "claims": claims.to_dict("records"),
+        "claims": claims[claims.reading == "headline"].to_dict("records"),
+        "headline": study.plan.headline,
+        "readings": study.plan.readings,
+        "robustness": robustness.to_dict("records"),
+        "robustness_columns": claim_columns(study.plan),
+        "robustness_summary": summary(robustness, study.plan),
+        "paper_check": checks.to_dict("records"),
         "rules": RULES,
         "table1": rendered(TABLE1, table1(collection, study).to_dict("records")),
         "table2": rendered(TABLE2, table2(collection, study).to_dict("records")),
@@ -125,6 +135,7 @@ def report_command(results: Path, data: Path, figures: Path, timing: Path, confi
         "seeds": len(study.seeds),
     }
     write_report(render(page), out)
-    with atomic_path(out.with_name("claims.csv")) as tmp:
-        claims.to_csv(tmp, index=False)
+    for name, frame in (("claims.csv", claims), ("robustness.csv", robustness_frame(verdicts, study.plan))):
+        with atomic_path(out.with_name(name)) as tmp:
+            frame.to_csv(tmp, index=False)
     print(out)

@@ -14,6 +14,7 @@ from rdiunet import paper
 from rdiunet.fileio import atomic_path
 from rdiunet.metrics import TEST_METRICS
 
+from . import paper_check
 from .collect import BENCH_COLUMNS, Collection, Study, collect
 from .columns import TABLE1, TABLE2, fields, missing, rendered
 
@@ -50,7 +51,7 @@ def synthetic(collection: Collection, study: Study, dataset: str, model: str) ->
 def table1(collection: Collection, study: Study) -> pd.DataFrame:
     rows = []
     for dataset in study.datasets:
-        for model in study.models:
+        for model in study.models_of(dataset):
             group = selected(collection.runs, dataset, model)
             bench = selected(collection.benches, dataset, model)
             row = {
@@ -63,7 +64,9 @@ def table1(collection: Collection, study: Study) -> pd.DataFrame:
                 row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(group[metric])
             for key in BENCH_COLUMNS[2:]:  # a missing bench.json leaves a gap, stated in the report
                 row[key] = bench.iloc[0][key] if len(bench) else math.nan
-            add_paper(row, TABLE1, paper.table1(dataset, model))
+            source, base = study.plan.source(dataset), study.plan.base(model)
+            add_paper(row, TABLE1, paper.table1(source, base))
+            row["paper_consistent"] = paper_check.consistent(source, base)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -75,7 +78,7 @@ def per_seed(values) -> str:
 def table2(collection: Collection, study: Study) -> pd.DataFrame:
     rows = []
     for dataset in study.datasets:
-        for model in study.models:
+        for model in study.models_of(dataset):
             group = selected(collection.runs, dataset, model).sort_values("seed")
             converged = [c for c in group.convergence if c is not None and not pd.isna(c)]
             row = {
@@ -91,7 +94,7 @@ def table2(collection: Collection, study: Study) -> pd.DataFrame:
             }
             row["stability_mean"], row["stability_sd"] = mean_sd(group.stability)
             row["convergence_mean"], row["convergence_sd"] = mean_sd(converged)
-            add_paper(row, TABLE2, paper.table2(dataset, model))
+            add_paper(row, TABLE2, paper.table2(study.plan.source(dataset), study.plan.base(model)))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -130,6 +133,12 @@ def notes(collection: Collection, study: Study) -> str:
     return text
 
 
+PAPER_CHECK_NOTE = (
+    "\n† The paper's Dice and IoU for this cell cannot both come from one set of binary predictions, "
+    "averaged per image or pooled (reports/paper_check.csv; docs/report.md).\n"
+)
+
+
 def write_tables(collection: Collection, study: Study, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -139,10 +148,17 @@ def write_tables(collection: Collection, study: Study, out: Path) -> list[Path]:
     ):
         with atomic_path(out / f"{name}.csv") as tmp:
             csv_frame(frame, columns).to_csv(tmp, index=False)
+        marked = name == "table1" and bool(
+            frame.get("paper_consistent", pd.Series(dtype=object)).eq(False).any()
+        )
         with atomic_path(out / f"{name}.md") as tmp:
-            tmp.write_text(notes(collection, study) + markdown(frame, columns))
+            tmp.write_text(
+                notes(collection, study) + markdown(frame, columns) + (PAPER_CHECK_NOTE if marked else "")
+            )
         written += [out / f"{name}.csv", out / f"{name}.md"]
-    return written
+    with atomic_path(out / "paper_check.csv") as tmp:
+        paper_check.paper_check().to_csv(tmp, index=False)
+    return [*written, out / "paper_check.csv"]
 
 
 def tables_command(results: Path, data: Path, config: dict, out: Path) -> None:

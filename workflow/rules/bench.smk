@@ -14,8 +14,9 @@ rule bench:
     resources:
         gpu=1,
     params:
+        model=base_model,
         flags=bench_flags,
         options=model_options,
     shell:
-        "python -m rdiunet.cli bench --model {wildcards.model} --out {output} --threads {threads} "
+        "python -m rdiunet.cli bench --model {params.model} --out {output} --threads {threads} "
         "{params.flags} {params.options} > {log} 2>&1"

@@ -6,12 +6,18 @@ import sys
 
 from snakemake.utils import validate
 
-# The workflow reads a few dependency-free facts from the package (figure kinds); the checkout is
-# importable whatever environment Snakemake itself runs in.
+# The workflow reads a few dependency-free facts from the package (figure kinds, the readings'
+# plan); the checkout is importable whatever environment Snakemake itself runs in.
 sys.path.insert(0, workflow.basedir)
+
+from rdiunet.readings import WORKFLOW_KEYS, ConfigError, resolve
 
 
 validate(config, "../schemas/config.schema.yaml")
+try:
+    PLAN = resolve(config, WORKFLOW_KEYS)
+except ConfigError as error:
+    sys.exit(f"Error in the configuration: {error}")
 
 
 # Absolute, relative to the Snakefile's folder: remote (Slurm) jobs start inside the working
@@ -19,8 +25,11 @@ validate(config, "../schemas/config.schema.yaml")
 workdir: os.path.join(workflow.basedir, config["workdir"])
 
 
-DATASETS = list(config["datasets"])
-MODELS = list(config["models"])
+# Labels: what the results tree, tables and figures are keyed by. Sources: the registered
+# datasets whose archives are fetched once and prepared by every label that uses them.
+DATASETS = PLAN.datasets_trained()
+MODELS = list(PLAN.models)
+SOURCES = sorted({PLAN.source(dataset) for dataset in DATASETS})
 SEEDS = [int(seed) for seed in config["seeds"]]
 
 # Every rule calls the package's CLI as `python -m rdiunet.cli`. PYTHONPATH makes the checkout
@@ -36,11 +45,31 @@ shell.prefix(
 wildcard_constraints:
     dataset="|".join(DATASETS),
     model="|".join(MODELS),
+    source="|".join(SOURCES),
     seed=r"\d+",
 
 
 def dataset_config(wildcards):
-    return config["datasets"][wildcards.dataset]
+    """A dataset label's settings, a variant's inherited from its source's entry."""
+    return PLAN.datasets[wildcards.dataset]
+
+
+def source_config(wildcards):
+    """The settings that fetching a source follows: its own entry's, or its first variant's."""
+    labels = [d for d in PLAN.datasets if PLAN.source(d) == wildcards.source]
+    return PLAN.datasets[wildcards.source if wildcards.source in labels else labels[0]]
+
+
+def source_of(wildcards):
+    return PLAN.source(wildcards.dataset)
+
+
+def raw_manifest(wildcards):
+    return f"data/raw/{source_of(wildcards)}/manifest.json"
+
+
+def base_model(wildcards):
+    return PLAN.base(wildcards.model)
 
 
 def option_value(value):
@@ -53,20 +82,24 @@ def option_value(value):
 
 
 def model_options(wildcards):
-    options = config["models"][wildcards.model]
+    options = PLAN.model_options(wildcards.model)
     return " ".join(f"--model-opt {shlex.quote(f'{k}={option_value(v)}')}" for k, v in options.items())
 
 
 def prepare_flags(wildcards):
     settings = dataset_config(wildcards)
-    flags = [f"--split {option_value(settings['split'])}", f"--seed {settings['split_seed']}"]
+    flags = [
+        f"--split {option_value(settings['split'])}",
+        f"--seed {settings['split_seed']}",
+        f"--split-by {settings['split_by']}",
+    ]
     if "keep_empty" in settings:
         flags.append("--keep-empty" if settings["keep_empty"] else "--no-keep-empty")
     return " ".join(flags)
 
 
 def fetch_flags(wildcards):
-    settings = dataset_config(wildcards)
+    settings = source_config(wildcards)
     flags = ["--official-splits"] if settings.get("official_splits") else []
     if not config["synthetic"] and settings.get("allow_checksum_mismatch"):
         flags.append("--allow-checksum-mismatch")
@@ -105,7 +138,8 @@ def bench_flags(wildcards):
 
 
 def run_dirs():
-    return expand("results/{dataset}/{model}/seed{seed}", dataset=DATASETS, model=MODELS, seed=SEEDS)
+    """Only the runs the readings compare (rdiunet/readings.py), not every dataset x model."""
+    return [f"results/{d}/{m}/seed{s}" for d, m in PLAN.pairs for s in SEEDS]
 
 
 def all_metrics():
@@ -113,7 +147,7 @@ def all_metrics():
 
 
 def all_bench():
-    return expand("results/{dataset}/{model}/bench.json", dataset=DATASETS, model=MODELS)
+    return [f"results/{d}/{m}/bench.json" for d, m in PLAN.pairs]
 
 
 def all_targets():

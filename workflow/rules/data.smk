@@ -1,18 +1,19 @@
-# Raw archives (downloaded, or synthetic stand-ins in the same format) -> one prepared .npz each.
+# Raw archives (downloaded, or synthetic stand-ins in the same format) per source -> one prepared
+# .npz per dataset label.
 
 if config["synthetic"]:
 
     rule synth:
         output:
-            manifest="data/raw/{dataset}/manifest.json",
+            manifest="data/raw/{source}/manifest.json",
         log:
-            "logs/synth/{dataset}.log",
+            "logs/synth/{source}.log",
         conda:
             "../../envs/data.yaml"
         params:
             flags=fetch_flags,
         shell:
-            "python -m rdiunet.cli synth --dataset {wildcards.dataset} --out data/raw/{wildcards.dataset} "
+            "python -m rdiunet.cli synth --dataset {wildcards.source} --out data/raw/{wildcards.source} "
             "{params.flags} > {log} 2>&1"
 
 else:
@@ -22,21 +23,22 @@ else:
 
     rule download:
         output:
-            manifest="data/raw/{dataset}/manifest.json",
+            manifest="data/raw/{source}/manifest.json",
         log:
-            "logs/download/{dataset}.log",
+            "logs/download/{source}.log",
         conda:
             "../../envs/data.yaml"
         params:
             flags=fetch_flags,
         shell:
-            "python -m rdiunet.cli download --dataset {wildcards.dataset} --out data/raw/{wildcards.dataset} "
+            "python -m rdiunet.cli download --dataset {wildcards.source} --out data/raw/{wildcards.source} "
             "{params.flags} > {log} 2>&1"
 
 
+# A label prepares its source's archives (a variant reuses them: one download) by its own settings.
 rule prepare:
     input:
-        manifest="data/raw/{dataset}/manifest.json",
+        manifest=raw_manifest,
     output:
         data="data/prepared/{dataset}.npz",
         summary="data/prepared/{dataset}.json",
@@ -48,8 +50,9 @@ rule prepare:
         "../../envs/data.yaml"
     threads: 4
     params:
+        source=source_of,
         size=lambda wildcards: dataset_config(wildcards)["size"],
         flags=prepare_flags,
     shell:
-        "python -m rdiunet.cli prepare --dataset {wildcards.dataset} --raw data/raw/{wildcards.dataset} "
+        "python -m rdiunet.cli prepare --dataset {params.source} --raw data/raw/{params.source} "
         "--out {output.data} --size {params.size} --workers {threads} {params.flags} > {log} 2>&1"

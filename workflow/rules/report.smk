@@ -9,7 +9,7 @@ from rdiunet.report.figure_kinds import FIGURE_KINDS
 CONFIG_JSON = shlex.quote(json.dumps(config))
 TABLES = expand("reports/{table}.{ext}", table=["table1", "table2"], ext=["csv", "md"])
 
-REPORT_TARGETS = TABLES + ["reports/report.html"]
+REPORT_TARGETS = TABLES + ["reports/paper_check.csv", "reports/report.html", "reports/robustness.csv"]
 
 
 # Light work that reads the whole results tree: never worth a cluster job.
@@ -29,6 +29,7 @@ rule tables:
         report(TABLES[1], caption="../report/table1.rst", category="Tables"),
         report(TABLES[2], caption="../report/table2.rst", category="Tables"),
         report(TABLES[3], caption="../report/table2.rst", category="Tables"),
+        report("reports/paper_check.csv", caption="../report/paper_check.rst", category="Tables"),
     log:
         "logs/report/tables.log",
     conda:
@@ -70,6 +71,7 @@ rule report:
     output:
         html=report("reports/report.html", caption="../report/report.rst", category="Report"),
         claims=report("reports/claims.csv", caption="../report/claims.rst", category="Report"),
+        robustness=report("reports/robustness.csv", caption="../report/robustness.rst", category="Report"),
     log:
         "logs/report/report.log",
     conda:

@@ -21,9 +21,10 @@ rule train:
     resources:
         gpu=1,
     params:
+        model=base_model,
         out="results/{dataset}/{model}/seed{seed}",
         flags=train_flags,
         options=model_options,
     shell:
-        "python -m rdiunet.cli train --data {input.data} --model {wildcards.model} --seed {wildcards.seed} "
+        "python -m rdiunet.cli train --data {input.data} --model {params.model} --seed {wildcards.seed} "
         "--out {params.out} --threads {threads} {params.flags} {params.options} > {log} 2>&1"

@@ -112,7 +112,7 @@ def kaggle_rle(mask: np.ndarray) -> str:
 
 
 def synth_nerve(out: Path, n: int, seed: int) -> list[Path]:
-    subjects = int(np.clip(n // 10, 3, 47))
+    subjects = int(np.clip(n // 5, 3, 47))
     master = np.random.default_rng([seed, 0])
     # About 40% of the real images show no nerve; keep a similar share (prepare drops them).
     owners = np.sort(master.integers(0, subjects, n))
