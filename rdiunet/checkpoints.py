@@ -14,7 +14,7 @@ import torch
 from rdiunet.errors import UserError
 from rdiunet.fileio import atomic_path
 
-FORMAT = 2
+FORMAT = 3
 
 
 def weights_sha256(state_dict: dict) -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rdiunet.data import sources
 from rdiunet.errors import UserError
-from rdiunet.settings import PRECISIONS, BenchSettings, TrainSettings
+from rdiunet.readings import CHECKPOINTS, PROTOCOLS
+from rdiunet.settings import PRECISION_CHOICES, BenchSettings, TrainSettings
 
 
 def parse_value(text: str):
@@ -117,6 +118,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         BenchSettings,
         args,
         batch_sizes=parse_batch_sizes(args.batch_sizes),
+        precisions=tuple(p for p in args.precisions.split(",") if p),
         model_options=parse_options(args.model_opt),
     )
     bench_command(settings, Path(args.out))
@@ -265,10 +267,17 @@ def add_train_parser(verbs) -> None:
     train.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
     train.add_argument("--lr", type=float, default=TrainSettings.lr, help="Adam learning rate (paper: 1e-4)")
     train.add_argument(
-        "--amp",
-        default=TrainSettings.amp,
-        choices=("auto", *PRECISIONS),
-        help="auto: bf16 on GPUs that have it",
+        "--precision",
+        default=TrainSettings.precision,
+        choices=PRECISION_CHOICES,
+        help="tf32 (float32 weights, TF32 convolutions and matmul), fp32 (no TF32), bf16, fp16; "
+        "auto: bf16 on GPUs with native bfloat16, else tf32",
+    )
+    train.add_argument(
+        "--checkpoint",
+        default=TrainSettings.checkpoint,
+        choices=tuple(CHECKPOINTS),
+        help="whose test metrics metrics.json shows first; all three are evaluated and kept",
     )
     train.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     add_runtime_arguments(train, TrainSettings)
@@ -281,7 +290,13 @@ def add_bench_parser(verbs) -> None:
     bench.add_argument("--size", type=int, required=True, help="image side in pixels")
     bench.add_argument("--out", required=True, help="output .json")
     bench.add_argument("--batch-sizes", default=None, help="default 1,8,64,256 on a GPU, 1,8 on the CPU")
-    bench.add_argument("--amp", default=BenchSettings.amp, choices=PRECISIONS)
+    bench.add_argument("--precision", default=BenchSettings.precision, choices=PRECISION_CHOICES)
+    bench.add_argument(
+        "--precisions",
+        default=",".join(BenchSettings.precisions),
+        help="precision readings measured with --protocol (on a GPU)",
+    )
+    bench.add_argument("--protocol", default=BenchSettings.protocol, choices=tuple(PROTOCOLS))
     bench.add_argument("--channels-last", action="store_true")
     bench.add_argument(
         "--runs", type=int, default=BenchSettings.runs, help="timed batch-1 runs (at least 200 for Table 1)"

@@ -81,6 +81,14 @@ def as_numpy(mask: Mask) -> np.ndarray:
     return mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
 
 
+def soft_dice(logits: torch.Tensor, masks: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Keras's `dice_coef` on one batch: (2 sum(p t) + s) / (sum(p) + sum(t) + s) of the sigmoid
+    probabilities p and the masks t, pooled over the whole batch, smoothing s = 1."""
+    probabilities = torch.sigmoid(logits.float())
+    intersection = (probabilities * masks).sum()
+    return (2 * intersection + smooth) / (probabilities.sum() + masks.sum() + smooth)
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 

@@ -2,12 +2,15 @@
 
 A configuration names model and dataset *variants* (labels for a registered base with options),
 the proposed models and the baselines they are compared with. The **headline reading** is the
-first proposed model against the first baseline on the headline datasets; every other reading
-changes exactly one choice (one-factor-at-a-time, like an ablation):
+first proposed model against the first baseline on the headline datasets, judged with the
+configured curve, checkpoint, precision and speed protocol; every other reading changes exactly
+one choice (one-factor-at-a-time, like an ablation):
 
 - another proposed model (e.g. `rdiunet_k3`) against the headline baseline;
 - the headline proposed model against another baseline (e.g. `unet_classic`);
-- one dataset replaced by a variant of the same source (e.g. `nerve_by_image` for `nerve`).
+- one dataset replaced by a variant of the same source (e.g. `nerve_by_image` for `nerve`);
+- and, from the same runs: another Table 2 curve, tested checkpoint, benchmark precision or
+  speed protocol (the choices below).
 
 Only the runs those readings compare are trained (`Plan.pairs`), not the full product of models
 and datasets. This module imports nothing beyond the standard library: the workflow resolves the
@@ -19,6 +22,34 @@ from dataclasses import dataclass, field
 
 LABEL = re.compile(r"^[a-z][a-z0-9_]*$")
 
+# The open choices that need no extra runs, each value with what it means. The first is the
+# default headline; config.yaml may name another.
+CURVES = {
+    "val_dice": "hard validation Dice, mean over images (logit > 0)",
+    "val_dice_pooled": "hard validation Dice, pooled over the validation set",
+    "val_soft_dice": "soft validation Dice of the probabilities per batch, smoothing 1 (Keras dice_coef)",
+    "train_soft_dice": "soft Dice of the training batches, running mean over the epoch (Keras's log)",
+}
+CHECKPOINTS = {
+    "best_dice": "the epoch with the best validation Dice (per image)",
+    "best_loss": "the epoch with the lowest validation loss",
+    "last": "the last epoch",
+}
+PRECISIONS = {
+    "tf32": "float32 weights, TF32 for matmul and cuDNN convolutions (both frameworks' default on an A100)",
+    "fp32": "float32 weights, TF32 off for matmul and cuDNN convolutions",
+    "bf16": "bfloat16 autocast",
+    "fp16": "float16 autocast with gradient scaling",
+}
+PROTOCOLS = {
+    "eager_b1": "batch 1, eager mode: median over timed runs after a warm-up",
+    "graphed_b1": "batch 1 replayed from a CUDA graph (GPU only)",
+    "best_batch": "per image at the batch size with the highest throughput",
+    "end_to_end": "batch 1 from a host tensor to a host mask: copy in, forward, sigmoid, threshold, copy out",
+}
+# The precision readings of the speed claim (fp16 is a training option, not one of the paper's readings).
+PRECISION_READINGS = ("tf32", "fp32", "bf16")
+
 
 class ConfigError(ValueError):
     """The configuration's readings do not fit together; the message names the key."""
@@ -29,12 +60,16 @@ class Reading:
     """One row of the robustness matrix: what is compared, and the one choice that differs."""
 
     name: str  # "headline", or what changed: "baseline = unet_classic"
-    factor: str  # "headline", "proposed", "baseline", "dataset"
+    factor: str  # headline, proposed, baseline, dataset, curve, checkpoint, precision, protocol
     proposed: str
     baseline: str
     datasets: tuple[str, ...]  # the dataset labels, in the headline datasets' order
     # The headline dataset each label stands for (the same label, or the one a variant replaces).
     stands_for: dict[str, str] = field(default_factory=dict)
+    curve: str = "val_dice"  # the history column Table 2 counts on
+    checkpoint: str = "best_dice"  # the weights the test metrics come from
+    precision: str = "tf32"  # the benchmark precision the speed claim uses
+    protocol: str = "eager_b1"  # the speed protocol
 
 
 @dataclass(frozen=True)
@@ -108,6 +143,13 @@ REPORT_KEYS = ("threshold",)
 WORKFLOW_KEYS = ("size", "threshold", "epochs", "batch_size")
 
 
+def choice(config: dict, key: str, choices: dict, default: str) -> str:
+    value = config.get(key, default)
+    if value not in choices:
+        raise ConfigError(f"{key} is '{value}'; use one of {', '.join(choices)}")
+    return value
+
+
 def resolve(config: dict, required: tuple[str, ...] = REPORT_KEYS) -> Plan:
     """The plan of a (schema-validated) configuration; a configuration that does not fit together
     raises ConfigError naming the key. `required` names the settings every dataset label must have
@@ -135,10 +177,18 @@ def resolve(config: dict, required: tuple[str, ...] = REPORT_KEYS) -> Plan:
     headline = [d for d in datasets if datasets[d]["source"] == d or datasets[d]["source"] not in datasets]
     variants = [d for d in datasets if d not in headline]
 
-    def reading(name, factor, proposed_label, baseline_label, replace=None):
+    chosen = {
+        "curve": choice(config, "table2_curve", CURVES, "val_dice"),
+        "checkpoint": choice(config, "checkpoint", CHECKPOINTS, "best_dice"),
+        "precision": choice(config.get("bench") or {}, "precision", PRECISIONS, "tf32"),
+        "protocol": choice(config, "speed_protocol", PROTOCOLS, "eager_b1"),
+    }
+
+    def reading(name, factor, proposed_label, baseline_label, replace=None, **changed):
         labels = tuple(replace.get(d, d) for d in headline) if replace else tuple(headline)
+        stands_for = dict(zip(labels, headline, strict=True))
         return Reading(
-            name, factor, proposed_label, baseline_label, labels, dict(zip(labels, headline, strict=True))
+            name, factor, proposed_label, baseline_label, labels, stands_for, **{**chosen, **changed}
         )
 
     readings = [reading("headline", "headline", proposed[0], baselines[0])]
@@ -149,6 +199,18 @@ def resolve(config: dict, required: tuple[str, ...] = REPORT_KEYS) -> Plan:
         readings.append(
             reading(f"{source} = {variant}", "dataset", proposed[0], baselines[0], {source: variant})
         )
+    # The readings the same runs answer: one more row per other value of each choice.
+    for factor, values in (
+        ("curve", CURVES),
+        ("checkpoint", CHECKPOINTS),
+        ("precision", PRECISION_READINGS),
+        ("protocol", PROTOCOLS),
+    ):
+        for value in values:
+            if value != chosen[factor]:
+                readings.append(
+                    reading(f"{factor} = {value}", factor, proposed[0], baselines[0], **{factor: value})
+                )
     pairs = []
     for r in readings:
         for dataset in r.datasets:

@@ -56,7 +56,18 @@ class RunFolder:
 
     @property
     def best(self) -> Path:
+        """The weights of the epoch with the best validation Dice."""
         return self.path / "best.pt"
+
+    @property
+    def best_loss(self) -> Path:
+        """The weights of the epoch with the lowest validation loss."""
+        return self.path / "best_loss.pt"
+
+    def weights(self, checkpoint: str) -> Path:
+        """The file holding a checkpoint's weights (rdiunet.readings.CHECKPOINTS); the last
+        epoch's are those of the training state."""
+        return {"best_dice": self.best, "best_loss": self.best_loss, "last": self.checkpoint}[checkpoint]
 
     @property
     def metrics(self) -> Path:
@@ -88,7 +99,15 @@ class RunFolder:
     def remove_leftovers(self) -> None:
         """Temporary files of a killed writer (a half-written checkpoint is as large as a whole
         one). Call it while holding the lock."""
-        for path in (self.history, self.checkpoint, self.best, self.metrics, self.per_image, self.run_info):
+        for path in (
+            self.history,
+            self.checkpoint,
+            self.best,
+            self.best_loss,
+            self.metrics,
+            self.per_image,
+            self.run_info,
+        ):
             remove_leftovers(path)
 
     def read_history(self):
@@ -109,21 +128,22 @@ class RunFolder:
     def read_run(self) -> dict:
         return read_json(self.run_info, RERUN)
 
-    def load_best(self, identity: dict) -> dict:
-        """best.pt, verified: its weights match their sha256 and it belongs to this run."""
+    def load_weights(self, checkpoint: str, identity: dict) -> dict:
+        """A checkpoint's file, verified: its weights match their sha256 and it belongs to this run."""
         from rdiunet import checkpoints
 
         fix = "retrain the run (delete its folder and run the workflow again)"
-        state = checkpoints.load(self.best, fix)
-        checkpoints.check_identity(self.best, state, identity, fix)
+        path = self.weights(checkpoint)
+        state = checkpoints.load(path, fix)
+        checkpoints.check_identity(path, state, identity, fix)
         return state
 
-    def load_model(self):
-        """The run's best weights in its own model, on the CPU, in eval mode (verified against the
-        identity recorded in metrics.json)."""
+    def load_model(self, checkpoint: str = "best_dice"):
+        """A checkpoint's weights in the run's own model, on the CPU, in eval mode (verified
+        against the identity recorded in metrics.json)."""
         from rdiunet.models import build
 
         config = self.read_run()["config"]
         network = build(config["model"], **config["model_options"])
-        network.load_state_dict(self.load_best(self.read_metrics()["identity"])["model"])
+        network.load_state_dict(self.load_weights(checkpoint, self.read_metrics()["identity"])["model"])
         return network.eval()

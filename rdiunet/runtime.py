@@ -1,5 +1,12 @@
 """How a job meets its device: which device, precision, memory layout, TF32, determinism and CPU
-threads. Training and benchmarks set torch up here, so both record the same settings the same way."""
+threads. Training and benchmarks set torch up here, so both record the same settings the same way.
+
+Precisions (rdiunet.readings.PRECISIONS): `tf32` keeps float32 weights and lets matmul and cuDNN
+convolutions use TF32 (what both major frameworks do by default on an A100), `fp32` turns TF32 off
+for both, `bf16` and `fp16` autocast (fp16 with a gradient scaler). `auto` is bf16 on a GPU with
+native bfloat16 and tf32 elsewhere. The TF32 switches are global and exist on every build; they are
+recorded as they really are, beside whether they can apply (a CUDA device).
+"""
 
 import os
 from contextlib import nullcontext
@@ -9,15 +16,11 @@ import torch
 
 from rdiunet.errors import UserError
 from rdiunet.gpu import choose_device
-from rdiunet.settings import PRECISIONS as PRECISION_NAMES
+from rdiunet.readings import PRECISIONS
 
-# --amp values -> autocast dtype (None: no autocast, float32 throughout).
-PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16), strict=True))
+AUTOCAST = {"tf32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    return next(name for name, value in PRECISIONS.items() if value == dtype)
+assert AUTOCAST.keys() == PRECISIONS.keys()
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,16 @@ class Runtime:
     """Where tensors live, in which precision and memory layout."""
 
     device: torch.device
-    amp_dtype: torch.dtype | None
+    precision: str
     channels_last: bool
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AUTOCAST[self.precision]
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -45,10 +52,14 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def settings(self) -> dict:
+        """The settings as they really are now, for run.json and bench.json."""
         return {
-            "amp": precision_name(self.amp_dtype),
+            "precision": self.precision,
+            "autocast_dtype": DTYPE_NAMES[self.amp_dtype] if self.amp_dtype is not None else None,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "tf32_applies": self.cuda,  # TF32 is a property of NVIDIA GPUs; on a CPU the switches do nothing
             "channels_last": self.channels_last,
-            "tf32": self.cuda and torch.backends.cuda.matmul.allow_tf32,
         }
 
 
@@ -59,48 +70,64 @@ def set_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def planned_device_type(spec: str) -> str:
+    """The device type a spec will give, without choosing (or claiming) a device."""
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if spec.startswith("cuda") else spec
+
+
+def native_bf16() -> bool:
+    """bfloat16 in hardware on the current GPU (not the emulation pre-Ampere cards offer, where
+    cuDNN has no bfloat16 convolutions)."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" and native_bf16() else "tf32"
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device_type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA device; use tf32, fp32 or bf16 on the CPU")
+    return precision
+
+
+def set_precision(precision: str) -> None:
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def make_runtime(
     device: str = "auto",
-    amp: str = "off",
+    precision: str = "tf32",
     channels_last: bool | None = None,
     deterministic: bool = False,
-    tf32: bool | None = None,
     threads: int | None = None,
 ) -> Runtime:
-    """Choose (and claim) the device and set torch up.
-
-    `amp` is off, bf16, fp16 or auto (bf16 on GPUs that support it, off elsewhere);
-    `channels_last` None means on a GPU; `tf32` None leaves torch's defaults alone; with
-    `deterministic`, only deterministic algorithms run and cuDNN does not autotune.
-    """
+    """Choose (and claim) the device and set torch up. `channels_last` None means on a GPU; with
+    `deterministic`, only deterministic algorithms run and cuDNN does not autotune."""
     if threads:
         torch.set_num_threads(threads)
     if deterministic:
         set_deterministic()
     chosen = choose_device(device)
     cuda = chosen.type == "cuda"
-    if amp == "auto":
-        amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-    elif amp in PRECISIONS:
-        amp_dtype = PRECISIONS[amp]
-    else:
-        raise UserError(f"unknown precision --amp {amp}; use one of auto, {', '.join(PRECISIONS)}")
-    if amp_dtype == torch.float16 and not cuda:
-        raise UserError("--amp fp16 needs a CUDA device; use --amp bf16 or off on the CPU")
     if cuda:
-        if tf32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
+        # CUDA events, synchronize and new tensors use the current device: make it this one.
+        torch.cuda.set_device(chosen)
         torch.backends.cudnn.benchmark = not deterministic
-    return Runtime(chosen, amp_dtype, channels_last=cuda if channels_last is None else channels_last)
+    resolved = resolve_precision(precision, chosen.type)
+    set_precision(resolved)
+    return Runtime(chosen, resolved, channels_last=cuda if channels_last is None else channels_last)
 
 
 def training_runtime(settings) -> Runtime:
-    """The runtime of a TrainSettings: TF32 and autotuning unless deterministic, channels_last on GPUs."""
+    """The runtime of a TrainSettings: channels_last on GPUs."""
     return make_runtime(
         settings.device,
-        amp=settings.amp,
+        precision=settings.precision,
         deterministic=settings.deterministic,
-        tf32=not settings.deterministic,
         threads=settings.threads,
     )

@@ -9,9 +9,11 @@ import math
 from dataclasses import dataclass, field
 
 from rdiunet.errors import UserError
+from rdiunet.readings import CHECKPOINTS, PRECISION_READINGS, PRECISIONS, PROTOCOLS
 
-# Mixed-precision modes (--amp); rdiunet.runtime maps each to its autocast dtype.
-PRECISIONS = ("off", "bf16", "fp16")
+# --precision: a named precision (rdiunet.readings.PRECISIONS, set up by rdiunet.runtime), or auto:
+# bf16 on a GPU with native bfloat16, tf32 elsewhere.
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 
 def plain(value):
@@ -21,6 +23,11 @@ def plain(value):
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     return value
+
+
+def one_of(option: str, value: str, choices) -> None:
+    if value not in choices:
+        raise UserError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def at_least(option: str, value: int, minimum: int) -> None:
@@ -39,11 +46,12 @@ class TrainSettings:
     batch_size: int = 16
     lr: float = 1e-4
     device: str = "auto"
-    amp: str = "auto"  # auto: bf16 on GPUs that support it, off elsewhere
+    precision: str = "tf32"
     deterministic: bool = False
     compile: bool = False
     threads: int | None = None  # CPU threads; None: torch's default
     model_options: dict = field(default_factory=dict)
+    checkpoint: str = "best_dice"  # whose test metrics metrics.json shows first (all three are kept)
 
     def check(self) -> None:
         """Every number in range, as one error line naming the option."""
@@ -54,19 +62,20 @@ class TrainSettings:
             at_least("--threads", self.threads, 1)
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a finite number above 0, got {self.lr}")
-        if self.amp not in ("auto", *PRECISIONS):
-            raise UserError(f"--amp must be one of auto, {', '.join(PRECISIONS)}; got {self.amp}")
+        one_of("--precision", self.precision, PRECISION_CHOICES)
+        one_of("--checkpoint", self.checkpoint, CHECKPOINTS)
 
-    def identity(self, data_sha256: str) -> dict:
+    def identity(self, data_sha256: str, precision: str) -> dict:
         """What every checkpoint of the run records and must agree on to be resumed or evaluated
-        (epochs may grow; device and threads may change)."""
+        (epochs may grow; device and threads may change). `precision` is the one in use (auto
+        resolved): a run continued in another precision would be neither."""
         return {
             "model": self.model,
             "model_options": plain(self.model_options),
             "seed": self.seed,
             "batch_size": self.batch_size,
             "lr": self.lr,
-            "amp": self.amp,
+            "precision": precision,
             "data_sha256": data_sha256,
         }
 
@@ -78,7 +87,9 @@ class BenchSettings:
     model: str
     size: int
     device: str = "auto"
-    amp: str = "off"
+    precision: str = "tf32"  # the precision of every protocol
+    precisions: tuple[str, ...] = PRECISION_READINGS  # measured (on a GPU) with the headline protocol
+    protocol: str = "eager_b1"  # the one the other precisions are measured with
     channels_last: bool = False
     compile: bool = False
     batch_sizes: tuple[int, ...] | None = None  # None: 1,8,64,256 on a GPU, 1,8 on the CPU
@@ -97,3 +108,7 @@ class BenchSettings:
             at_least("--threads", self.threads, 1)
         if self.batch_sizes is not None and (not self.batch_sizes or min(self.batch_sizes) < 1):
             raise UserError(f"--batch-sizes takes positive integers like 1,8,64,256; got {self.batch_sizes}")
+        one_of("--precision", self.precision, PRECISION_CHOICES)
+        for precision in self.precisions:
+            one_of("--precisions", precision, PRECISIONS)
+        one_of("--protocol", self.protocol, PROTOCOLS)

@@ -25,26 +25,29 @@ import torch.nn.functional as F
 from rdiunet import checkpoints
 from rdiunet.data.dataset import Prepared, Split, batches, open_prepared
 from rdiunet.errors import UserError
-from rdiunet.evaluation import evaluate_run, run_split
+from rdiunet.evaluation import evaluate_run, run_split, with_headline
 from rdiunet.fileio import atomic_path, write_json
 from rdiunet.gpu import GpuSampler
-from rdiunet.metrics import dice_from_counts, iou_from_counts
+from rdiunet.metrics import dice_from_counts, iou_from_counts, soft_dice
 from rdiunet.models import build
 from rdiunet.provenance import environment, now
 from rdiunet.runfolder import RunFolder
-from rdiunet.runtime import training_runtime
+from rdiunet.runtime import planned_device_type, resolve_precision, training_runtime
 from rdiunet.settings import TrainSettings
 
 HISTORY_COLUMNS = (
     "epoch",
     "train_loss",
+    "train_soft_dice",
     "val_loss",
     "val_dice",
     "val_iou",
-    "val_dice_dataset",
+    "val_dice_pooled",
+    "val_soft_dice",
     "seconds",
     "lr",
 )
+FRESH_EPOCH = {"loss_sum": 0.0, "soft_dice_sum": 0.0, "batches": 0, "images": 0, "seconds": 0.0}
 PREEMPTED_EXIT = 128 + signal.SIGTERM
 
 
@@ -81,12 +84,14 @@ def longer_run(folder: RunFolder, trained: int, epochs: int) -> str:
     )
 
 
-def finished(folder: RunFolder, identity: dict, epochs: int) -> dict | None:
-    """The metrics of a run that already finished `epochs` epochs as asked, or None.
+def finished(folder: RunFolder, identity: dict, settings: TrainSettings) -> dict | None:
+    """The metrics of a run that already finished the epochs asked for, or None.
 
     Decided from metrics.json and history.csv, never from checkpoint.pt: a damaged last
-    checkpoint matters only to training further, so a complete run stays complete."""
-    needed = (folder.metrics, folder.per_image, folder.history, folder.best)
+    checkpoint matters only to training further, so a complete run stays complete. Another
+    headline checkpoint only moves metrics.json's top level (all three are kept)."""
+    epochs = settings.epochs
+    needed = (folder.metrics, folder.per_image, folder.history, folder.best, folder.best_loss)
     if not all(path.exists() for path in needed):
         return None
     try:
@@ -100,7 +105,12 @@ def finished(folder: RunFolder, identity: dict, epochs: int) -> dict | None:
     trained = metrics.get("epochs")
     if isinstance(trained, int) and trained > epochs:
         raise UserError(longer_run(folder, trained, epochs))
-    return metrics if trained == epochs == rows else None
+    if trained != epochs or rows != epochs:
+        return None
+    if metrics.get("checkpoint") != settings.checkpoint:
+        metrics = with_headline(metrics, settings.checkpoint)
+        write_json(folder.metrics, metrics)
+    return metrics
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -146,8 +156,9 @@ def train(settings: TrainSettings, out: Path, command: list[str] | None = None) 
         folder.remove_leftovers()
         data = open_prepared(settings.data)
         check_splits(data.splits, settings.data)
-        identity = settings.identity(data.sha256)
-        metrics = finished(folder, identity, settings.epochs)
+        precision = resolve_precision(settings.precision, planned_device_type(settings.device))
+        identity = settings.identity(data.sha256, precision)
+        metrics = finished(folder, identity, settings)
         if metrics is not None:
             print(f"{out}: already complete ({settings.epochs} epochs); nothing to do", file=sys.stderr)
             return metrics
@@ -158,12 +169,17 @@ def run_training(
     settings: TrainSettings, folder: RunFolder, data: Prepared, identity: dict, command: list[str] | None
 ) -> dict:
     runtime = training_runtime(settings)
+    if runtime.precision != identity["precision"]:  # auto, on another device than planned
+        raise UserError(
+            f"--precision {settings.precision} gave {runtime.precision} on {runtime.device}; name one"
+        )
     torch.manual_seed(settings.seed)
     raw_model = runtime.prepare_model(build(settings.model, **settings.model_options))
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=settings.lr)
-    scaler = torch.amp.GradScaler(enabled=runtime.amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(enabled=runtime.precision == "fp16")
 
-    epoch, skip, partial, history, best = 0, 0, {"loss_sum": 0.0, "images": 0, "seconds": 0.0}, [], None
+    # best: the checkpoint name -> its epoch and validation score (best_dice, best_loss)
+    epoch, skip, partial, history, best = 0, 0, dict(FRESH_EPOCH), [], {}
     energy_before = 0.0  # GPU energy of the epochs kept from earlier, interrupted processes
     if folder.checkpoint.exists():
         fix = f"it holds the state needed to go on training; {OTHER_RUN}"
@@ -177,8 +193,8 @@ def run_training(
         checkpoints.set_rng_state(state["rng"], runtime.device)
         epoch, skip, partial = state["epoch"], state["batch"], state["partial"]
         history, best = state["history"], state["best"]
-        if best is not None:
-            folder.load_best(identity)  # the best epoch so far cannot be trained again: check it now
+        for name in best:  # the best epochs so far cannot be trained again: check them now
+            folder.load_weights(name, identity)
         energy_before = state.get("gpu_energy_j") or 0.0
         where = f"epoch {epoch + 1}, batch {skip}" if skip else f"after epoch {epoch}"
         print(f"resuming from {folder.checkpoint} ({where})", file=sys.stderr, flush=True)
@@ -229,6 +245,7 @@ def run_training(
             model.train()
             clock = time.perf_counter()
             loss_sum = torch.tensor(partial["loss_sum"], device=runtime.device, dtype=torch.float64)
+            soft_sum = torch.tensor(partial["soft_dice_sum"], device=runtime.device, dtype=torch.float64)
             seen, batch = partial["images"], skip
             order = epoch_generator(settings.seed, epoch + 1)
             for images, masks in batches(train_split, settings.batch_size, True, order, skip=skip):
@@ -240,13 +257,13 @@ def run_training(
                 scaler.step(optimizer)
                 scaler.update()
                 loss_sum += loss.detach().double() * len(images)
+                soft_sum += soft_dice(logits.detach(), masks).double()
                 seen += len(images)
                 batch += 1
                 if stop.raised:
                     elapsed = partial["seconds"] + time.perf_counter() - clock
-                    checkpoint(
-                        epoch, batch, {"loss_sum": float(loss_sum), "images": seen, "seconds": elapsed}
-                    )
+                    state = {"loss_sum": float(loss_sum), "soft_dice_sum": float(soft_sum)}
+                    checkpoint(epoch, batch, {**state, "batches": batch, "images": seen, "seconds": elapsed})
                     write_json(folder.run_info, {**run_info, "status": "preempted", "stopped": now()})
                     raise Preempted(f"SIGTERM: checkpoint saved at epoch {epoch + 1}, batch {batch}")
             train_loss = float(loss_sum) / seen
@@ -254,25 +271,33 @@ def run_training(
                 write_json(folder.run_info, {**run_info, "status": "failed", "stopped": now()})
                 raise UserError(
                     f"the training loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint "
-                    f"(epoch {epoch}) is kept in {folder.checkpoint}; try a lower --lr or --amp off"
+                    f"(epoch {epoch}) is kept in {folder.checkpoint}; try a lower --lr or --precision fp32"
                 )
-            val_loss, counts, _ = run_split(model, val_split, settings.batch_size, runtime)
+            val = run_split(model, val_split, settings.batch_size, runtime)
             epoch += 1
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_dice": float(dice_from_counts(counts).mean()),
-                "val_iou": float(iou_from_counts(counts).mean()),
-                "val_dice_dataset": float(dice_from_counts(counts.sum(0))),
+                "train_soft_dice": float(soft_sum) / batch,
+                "val_loss": val.loss,
+                "val_dice": float(dice_from_counts(val.counts).mean()),
+                "val_iou": float(iou_from_counts(val.counts).mean()),
+                "val_dice_pooled": float(dice_from_counts(val.counts.sum(0))),
+                "val_soft_dice": val.soft_dice,
                 "seconds": round(partial["seconds"] + time.perf_counter() - clock, 3),
                 "lr": optimizer.param_groups[0]["lr"],
             }
             history.append(row)
-            if best is None or row["val_dice"] > best["val_dice"]:
-                best = {"epoch": epoch, "val_dice": row["val_dice"]}
-                checkpoints.save(folder.best, {"model": raw_model.state_dict(), **best, "identity": identity})
-            skip, partial = 0, {"loss_sum": 0.0, "images": 0, "seconds": 0.0}
+            improved = {
+                "best_dice": "best_dice" not in best or row["val_dice"] > best["best_dice"]["val_dice"],
+                "best_loss": "best_loss" not in best or row["val_loss"] < best["best_loss"]["val_loss"],
+            }
+            for name, key in (("best_dice", "val_dice"), ("best_loss", "val_loss")):
+                if improved[name]:  # ties keep the earlier epoch
+                    best[name] = {"epoch": epoch, key: row[key]}
+                    payload = {"model": raw_model.state_dict(), **best[name], "identity": identity}
+                    checkpoints.save(folder.weights(name), payload)
+            skip, partial = 0, dict(FRESH_EPOCH)
             checkpoint(epoch, 0, partial)
             write_history(folder.history, history)
             print_epoch(row, settings.epochs)

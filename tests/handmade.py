@@ -26,25 +26,51 @@ RUNS = {
 BENCH = {"unet": (15_326_529, 13.17, 30.0), "rdiunet": (5_850_241, 3.87, 20.0)}  # params, GFLOPs, ms
 
 
+SIZES = {"jsrt": 256, "isic": 128}
+# Each checkpoint's test Dice below the best-Dice one's: best_dice, best_loss, last.
+CHECKPOINT_SHIFT = {"best_dice": 0.0, "best_loss": -0.02, "last": -0.01}
+METRIC_NAMES = ("dice", "iou", "dice_dataset", "iou_dataset", "hd95_median")
+
+
+def metrics_of(dice: float, iou: float, hd: float) -> dict:
+    return {
+        "dice": dice,
+        "iou": iou,
+        "dice_dataset": dice + 0.01,
+        "iou_dataset": iou + 0.01,
+        "hd95_median": hd,
+        "hd95_undefined": 0,
+        "gt_empty": 0,
+        "false_positive_on_empty": 0,
+        "test_loss": 0.1,
+    }
+
+
+def protocol_result(ms: float) -> dict:
+    return {"measured": True, "ms_per_image": ms, "median": ms, "p90": ms + 1, "p99": ms + 2}
+
+
 def write_tree(root: Path, models=("unet", "rdiunet")) -> Path:
     results = root / "results"
     for (dataset, model, seed), (dice, iou, hd, curve) in RUNS.items():
         name = dict(zip(("unet", "rdiunet"), models, strict=True))[model]
         run = results / dataset / name / f"seed{seed}"
         run.mkdir(parents=True, exist_ok=True)
+        checkpoints = {
+            checkpoint: {
+                **metrics_of(dice + shift, iou + shift, hd),
+                "epoch": 4,
+                "weights_sha256": checkpoint,
+            }
+            for checkpoint, shift in CHECKPOINT_SHIFT.items()
+        }
         metrics = {
-            "dice": dice,
-            "iou": iou,
-            "dice_dataset": dice + 0.01,
-            "iou_dataset": iou + 0.01,
-            "hd95_median": hd,
-            "hd95_undefined": 0,
-            "gt_empty": 0,
-            "false_positive_on_empty": 0,
-            "test_loss": 0.1,
+            **metrics_of(dice, iou, hd),
+            "checkpoint": "best_dice",
             "best_epoch": 4,
             "epochs": 4,
             "images": 3,
+            "checkpoints": checkpoints,
             "gpu": {"available": False, "reason": "device is cpu, not a GPU"},
         }
         (run / "metrics.json").write_text(json.dumps(metrics))
@@ -53,17 +79,44 @@ def write_tree(root: Path, models=("unet", "rdiunet")) -> Path:
             "data_sha256": f"{dataset}-data",
             "data": {"synthetic": True},
             "environment": {"device_name": "Test CPU", "git_commit": "abc"},
-            "settings": {"amp": "off"},
+            "settings": {"precision": "tf32"},
         }
         (run / "run.json").write_text(json.dumps(run_info))
-        pd.DataFrame({"epoch": range(1, 5), "val_dice": curve}).to_csv(run / "history.csv", index=False)
-        pd.DataFrame({"id": ["a", "b", "c"], "dice": [dice - 0.01, dice, dice + 0.01]}).to_csv(
-            run / "per_image.csv", index=False
-        )
+        soft = [max(v - 0.1, 0) for v in curve]  # soft Dice trails the hard one early in training
+        pd.DataFrame(
+            {
+                "epoch": range(1, 5),
+                "val_dice": curve,
+                "val_dice_pooled": curve,
+                "val_soft_dice": soft,
+                "train_soft_dice": soft,
+            }
+        ).to_csv(run / "history.csv", index=False)
+        per_image = [
+            {"checkpoint": checkpoint, "id": image, "group": image, "dice": dice + shift + offset}
+            for checkpoint, shift in CHECKPOINT_SHIFT.items()
+            for image, offset in (("a", -0.01), ("b", 0.0), ("c", 0.01))
+        ]
+        pd.DataFrame(per_image).to_csv(run / "per_image.csv", index=False)
         params, gflops, ms = BENCH[model]
+        ms = ms * (3.2 if SIZES[dataset] == 256 else 1.0)  # grows 3.2x from 128² to 256²
         bench = {
             "params": params,
             "gflops_per_image": gflops,
+            "size": SIZES[dataset],
+            "precision": "tf32",
+            "protocol": "eager_b1",
+            "protocols": {
+                "eager_b1": protocol_result(ms),
+                "graphed_b1": {"measured": False, "reason": "CUDA graphs need a CUDA device"},
+                "best_batch": {"measured": True, "ms_per_image": ms / 4, "batch_size": 8},
+                "end_to_end": protocol_result(ms + 1),
+            },
+            "precisions": {
+                "tf32": protocol_result(ms),
+                "fp32": {"measured": False, "reason": "not measured on this device (cpu)"},
+                "bf16": {"measured": False, "reason": "not measured on this device (cpu)"},
+            },
             "latency_ms": {"median": ms, "p90": ms + 1, "p99": ms + 2},
             "throughput": [{"batch_size": 8, "images_per_s": 1000 / ms * 4}],
             "environment": {"device_name": "Test CPU"},

@@ -5,8 +5,9 @@ import torch
 from conftest import assert_one_line_error, run_cli
 from torch import nn
 
-from rdiunet.bench import INPUT_POOL, count_flops, count_parameters, input_pool
+from rdiunet.bench import count_flops, count_parameters
 from rdiunet.runtime import Runtime
+from rdiunet.speed import INPUT_POOL, input_pool
 
 
 def test_flops_of_a_convolution_are_two_per_multiply_add():
@@ -65,7 +66,11 @@ def test_bench_json_is_self_describing(bench_json):
         "environment",
         "created",
     } <= set(bench_json)
-    assert bench_json["settings"]["dtype"] == "float32" and bench_json["settings"]["threads"] == 2
+    assert bench_json["precision"] == "tf32" and bench_json["settings"]["threads"] == 2
+    # The precision as it really was: no autocast; the TF32 switches on, but a CPU has no TF32.
+    settings = bench_json["settings"]
+    assert settings["autocast_dtype"] is None and settings["tf32_applies"] is False
+    assert settings["matmul_allow_tf32"] is True and settings["cudnn_allow_tf32"] is True
     assert bench_json["environment"]["torch"] == torch.__version__
     assert bench_json["environment"]["device"] == "cpu" and bench_json["environment"]["device_name"]
 
@@ -86,7 +91,7 @@ def test_bench_params_equal_rdiunet_info(bench_json):
 
 
 def test_bench_inputs_differ_between_runs_and_are_not_zero():
-    pool = input_pool(2, 16, Runtime(torch.device("cpu"), None, channels_last=False))
+    pool = input_pool(2, 16, Runtime(torch.device("cpu"), "tf32", channels_last=False))
     assert len(pool) == INPUT_POOL
     assert all(x.abs().sum() > 0 for x in pool)
     assert len({float(x.sum()) for x in pool}) == INPUT_POOL
@@ -111,3 +116,47 @@ def test_bench_bad_options_are_one_line(tmp_path):
         "cuda" if not torch.cuda.is_available() else "unknown model",
     )
     assert not (tmp_path / "b.json").exists()
+
+
+def test_every_speed_protocol_is_measured_or_says_why_not_on_the_cpu(bench_json):
+    protocols = bench_json["protocols"]
+    assert list(protocols) == ["eager_b1", "graphed_b1", "best_batch", "end_to_end"]
+    assert protocols["graphed_b1"] == {"measured": False, "reason": "CUDA graphs need a CUDA device"}
+    eager, best, end = protocols["eager_b1"], protocols["best_batch"], protocols["end_to_end"]
+    assert (
+        eager["measured"] and eager["ms_per_image"] == eager["median"] == bench_json["latency_ms"]["median"]
+    )
+    assert end["measured"] and end["ms_per_image"] > 0 and "copy back" in end["includes"]
+    # best_batch: the batch size of the highest throughput, batch 1 (from eager_b1) included.
+    candidates = {1: 1000 / eager["median"]} | {
+        r["batch_size"]: r["images_per_s"] for r in bench_json["throughput"] if "images_per_s" in r
+    }
+    assert best["batch_size"] == max(candidates, key=candidates.get)
+    assert best["ms_per_image"] == pytest.approx(1000 / candidates[best["batch_size"]])
+    assert best["batch_sizes_tried"] == [1, 4]
+
+
+def test_precision_readings_are_gpu_readings(bench_json):
+    precisions = bench_json["precisions"]
+    assert precisions["tf32"] == bench_json["protocols"]["eager_b1"]  # the headline, measured once
+    for name in ("fp32", "bf16"):
+        assert (
+            precisions[name]["measured"] is False
+            and "not measured on this device (cpu)" in precisions[name]["reason"]
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphed_protocol_and_precisions_on_a_gpu(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli(
+        *("bench", "--model", "rdiunet", "--size", "64", "--out", out, "--runs", "30", "--warmup", "5"),
+        *("--batch-sizes", "1,8", "--model-opt", "widths=8,16,32,64", "--model-opt", "growth=16"),
+        process=True,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["protocols"]["graphed_b1"]["measured"], report["protocols"]["graphed_b1"]
+    assert all(report["precisions"][p]["measured"] for p in ("tf32", "fp32", "bf16"))
+    assert report["settings"]["tf32_applies"] is True

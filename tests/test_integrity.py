@@ -207,7 +207,8 @@ def test_a_nan_dice_excludes_its_run_and_the_seed_count_says_so(tmp_path):
 def test_a_history_longer_than_the_run_excludes_it(tmp_path):
     write_tree(tmp_path)
     history = tmp_path / "results" / "isic" / "unet" / "seed0" / "history.csv"
-    history.write_text(history.read_text() + "5,0.99\n")
+    rows = pd.read_csv(history)
+    pd.concat([rows, rows.tail(1).assign(epoch=5)]).to_csv(history, index=False)
     frame, note = tables(tmp_path)
     assert frame.loc[("isic", "unet")].seeds == 1
     assert "history.csv has 5 epochs, metrics.json says 4" in note
@@ -218,7 +219,7 @@ def test_a_history_longer_than_the_run_excludes_it(tmp_path):
     [
         (
             lambda run: edit_json(run / "metrics.json", images=2),
-            "per_image.csv has 3 images, metrics.json says 2",
+            "per_image.csv has 3 best_dice images, metrics.json says 2",
         ),
         (lambda run: (run / "history.csv").write_text("epoch,dice\n1,0.5\n"), "lacks the column 'val_dice'"),
         (lambda run: (run / "metrics.json").write_text('{"dice": 0.9'), "metrics.json is not valid JSON"),

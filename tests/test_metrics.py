@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rdiunet.metrics import confusion, convergence, dice, hd95, iou, stability
+from rdiunet.metrics import confusion, convergence, dice, hd95, iou, soft_dice, stability
 
 
 def masks(*rows_of_images):
@@ -99,3 +99,16 @@ def test_numpy_arrays_and_torch_tensors_score_alike():
     square[2:6, 2:6] = True
     shifted = np.roll(square, 2, axis=1)
     assert hd95(torch.from_numpy(square), torch.from_numpy(shifted)) == hd95(square, shifted) == 2.0
+
+
+def test_soft_dice_is_kerass_dice_coef_by_hand():
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 3.0]]], [[[1.0, -2.0], [0.5, 0.0]]]])
+    masks = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]], [[[1.0, 0.0], [1.0, 0.0]]]])
+    p = [1 / (1 + math.exp(-v)) for v in (0.0, 2.0, -1.0, 3.0, 1.0, -2.0, 0.5, 0.0)]
+    t = [0, 1, 0, 1, 1, 0, 1, 0]
+    intersection = sum(pi * ti for pi, ti in zip(p, t, strict=True))
+    expected = (2 * intersection + 1) / (sum(p) + sum(t) + 1)  # pooled over the batch, smoothing 1
+    assert float(soft_dice(logits, masks)) == pytest.approx(expected, rel=1e-6)
+    # Soft Dice stays below the hard one until the probabilities saturate.
+    assert float(soft_dice(logits, masks)) < dice(logits > 0, masks.bool(), "dataset")
+    assert float(soft_dice(100 * (2 * masks - 1), masks)) == pytest.approx(1.0, abs=1e-6)

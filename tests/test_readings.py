@@ -3,6 +3,7 @@ reading, the robustness matrix says which claims depend on which reading, the bo
 subjects where frames are correlated, and the paper's own numbers are checked for consistency."""
 
 import copy
+import json
 
 import numpy as np
 import pandas as pd
@@ -34,14 +35,32 @@ def paper_config() -> dict:
 # --- variants ------------------------------------------------------------------------------------------
 
 
-def test_the_paper_run_resolves_to_four_readings_and_fourteen_runs_per_seed():
+def test_the_paper_run_resolves_to_fourteen_readings_and_fourteen_runs_per_seed():
     plan = resolve(paper_config(), WORKFLOW_KEYS)
     assert [r.name for r in plan.readings] == [
         "headline",
         "proposed = rdiunet_k3",
         "baseline = unet_classic",
         "nerve = nerve_by_image",
+        # Readings the same runs answer:
+        "curve = val_dice_pooled",
+        "curve = val_soft_dice",
+        "curve = train_soft_dice",
+        "checkpoint = best_loss",
+        "checkpoint = last",
+        "precision = fp32",
+        "precision = bf16",
+        "protocol = graphed_b1",
+        "protocol = best_batch",
+        "protocol = end_to_end",
     ]
+    curve = plan.readings[5]
+    assert (curve.curve, curve.checkpoint, curve.precision, curve.protocol) == (
+        "val_soft_dice",
+        "best_dice",
+        "tf32",
+        "eager_b1",
+    )
     headline = plan.headline
     assert (headline.proposed, headline.baseline, headline.datasets) == (
         "rdiunet",
@@ -181,22 +200,46 @@ def handmade_study(seeds: int = 5) -> Study:
 
 
 def handmade_collection(study: Study, dice: dict[str, float]) -> Collection:
-    """Valid runs whose per-image Dice is `dice[model]` plus noise; every other number equal."""
+    """Valid runs whose per-image Dice is `dice[model]` plus noise, the same under every
+    checkpoint; curves, costs and speeds equal for every model."""
     rng = np.random.default_rng(0)
-    runs, per_image, benches = [], [], []
+    runs, per_image, histories, benches, speeds = [], [], [], [], []
     for dataset, model in study.plan.pairs:
         for seed in study.seeds:
             scores = np.clip(dice[model] + rng.normal(0, 0.01, 30), 0, 1)
-            runs.append(
-                {"dataset": dataset, "model": model, "seed": seed, "dice": scores.mean(), "epochs": 10}
-                | {"stability": 1, "convergence": 5}
-            )
-            per_image += [
-                {"dataset": dataset, "model": model, "seed": seed, "id": f"i{k}", "group": f"i{k}", "dice": s}
-                for k, s in enumerate(scores)
+            labels = {"dataset": dataset, "model": model, "seed": seed}
+            for checkpoint in ("best_dice", "best_loss", "last"):
+                runs.append(labels | {"checkpoint": checkpoint, "dice": scores.mean(), "epochs": 3})
+                per_image += [
+                    labels | {"checkpoint": checkpoint, "id": f"i{k}", "group": f"i{k}", "dice": s}
+                    for k, s in enumerate(scores)
+                ]
+            curve = [0.3, 0.6, 0.55]  # one drop; above 0.5 from epoch 2
+            histories += [
+                labels
+                | {"epoch": e + 1}
+                | {c: v for c in ("val_dice", "val_dice_pooled", "val_soft_dice", "train_soft_dice")}
+                for e, v in enumerate(curve)
             ]
-        benches.append({"dataset": dataset, "model": model, "params": 10, "ms_median": 1.0, "device": "cpu"})
-    return Collection(pd.DataFrame(runs), pd.DataFrame(), pd.DataFrame(per_image), pd.DataFrame(benches))
+        benches.append({"dataset": dataset, "model": model, "params": 10, "device": "cpu"})
+        speeds += [
+            {
+                "dataset": dataset,
+                "model": model,
+                "precision": "tf32",
+                "protocol": p,
+                "ms": 1.0,
+                "reason": None,
+            }
+            for p in ("eager_b1", "graphed_b1", "best_batch", "end_to_end")
+        ]
+    return Collection(
+        pd.DataFrame(runs),
+        pd.DataFrame(histories),
+        pd.DataFrame(per_image),
+        pd.DataFrame(benches),
+        pd.DataFrame(speeds),
+    )
 
 
 def robustness(dice: dict[str, float]) -> pd.DataFrame:
@@ -291,3 +334,79 @@ def test_too_few_subjects_give_no_interval_and_no_verdict():
     assert (
         "no interval from fewer than 5 resampling units (subjects (3))" in evidence and "nan" not in evidence
     )
+
+
+# --- the readings the same runs answer --------------------------------------------------------------
+
+
+def test_table2_counts_on_the_configured_curve(tmp_path):
+    from handmade import CONFIG, write_tree
+
+    write_tree(tmp_path)
+    frames = {}
+    for curve in ("val_dice", "val_soft_dice"):
+        out = tmp_path / curve
+        result = run_cli(
+            *("tables", "--results", tmp_path / "results", "--data", tmp_path / "none", "--out", out),
+            *("--config-json", json.dumps({**CONFIG, "table2_curve": curve})),
+        )
+        assert result.returncode == 0, result.stderr
+        frames[curve] = pd.read_csv(out / "table2.csv").set_index(["dataset", "model"])
+    # jsrt/unet seed 0: hard Dice 0.5, 0.92, 0.85, 0.91 passes 0.9 at epoch 2; its soft Dice never does.
+    assert frames["val_dice"].loc[("jsrt", "unet")].convergence_per_seed == "2;none"
+    assert frames["val_soft_dice"].loc[("jsrt", "unet")].convergence_per_seed == "none;none"
+    assert frames["val_soft_dice"].loc[("jsrt", "unet")].curve == "val_soft_dice"
+    # One drop in 4 epochs on seed 0, none on seed 1: 25 and 0 drops per 100 epochs.
+    assert frames["val_dice"].loc[("jsrt", "unet")].drops_per_100_mean == pytest.approx(12.5)
+
+
+def test_every_reading_of_the_same_runs_is_a_row_and_unmeasurable_ones_say_so(tmp_path):
+    from handmade import CONFIG, write_tree
+
+    write_tree(tmp_path)
+    out = tmp_path / "reports" / "report.html"
+    result = run_cli(
+        *(
+            "report",
+            "--results",
+            tmp_path / "results",
+            "--data",
+            tmp_path / "none",
+            "--figures",
+            tmp_path / "none",
+        ),
+        *("--timing", tmp_path / "none", "--config-json", json.dumps(CONFIG), "--out", out),
+    )
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(out.with_name("robustness.csv")).set_index("reading")
+    assert (
+        len(frame) == 1 + 3 + 2 + 2 + 3 + 1
+    )  # headline, curves, checkpoints, precisions, protocols, summary
+    assert frame.loc["protocol = graphed_b1", "speed"] == "not measured"
+    assert frame.loc["precision = fp32", "speed"] == "not measured"
+    assert (
+        frame.loc["protocol = best_batch", "speed"] == "reproduced"
+    )  # 33% faster at every protocol measured
+    assert frame.loc["summary", "speed"] == "robust (reproduced)"  # not-measured rows do not count
+    claims = pd.read_csv(out.with_name("claims.csv"))
+    assert set(claims.reading) == set(frame.index) - {"summary"}
+    page = out.read_text()
+    assert "Speed protocols: growth from 128² to 256²" in page
+    growth = pd.DataFrame(growth_rows(tmp_path, CONFIG)).set_index(["protocol", "model"])
+    runs = collected(tmp_path, CONFIG).runs.set_index(["dataset", "model", "seed", "checkpoint"])
+    assert runs.loc[("jsrt", "unet", 0, "best_loss")].dice == pytest.approx(0.90 - 0.02)
+    assert growth.loc[("eager_b1", "rdiunet")].growth == pytest.approx(3.2)  # the tree grows 3.2x
+    assert bool(growth.loc[("eager_b1", "rdiunet")].resembles_paper)
+    assert growth.loc[("graphed_b1", "rdiunet")].note == "not measured on this device"
+
+
+def collected(root, config):
+    from rdiunet.report.collect import collect
+
+    return collect(root / "results", Study.from_config(config))
+
+
+def growth_rows(root, config):
+    from rdiunet.report.scaling import growth_table
+
+    return growth_table(collected(root, config), Study.from_config(config)).to_dict("records")

@@ -43,7 +43,7 @@ def test_table_values_are_recomputed_from_the_results_tree(tmp_path):
     assert row.dice_dataset_mean == pytest.approx(0.93)
     assert row.hd95_median_mean == pytest.approx(4.0)
     assert row.paper_dice == 0.958 and row.delta_dice == pytest.approx(0.92 - 0.958)
-    assert row.ms_median == 30.0 and row.paper_ms == 106.8
+    assert row.ms_per_image == 96.0 and row.paper_ms == 106.8  # 30 ms at 128², grown 3.2x to 256²
     assert row.params == 15_326_529 and row.delta_params == 15_326_529 - 15.6e6
     assert table1.loc[("isic", "rdiunet")].dice_mean == pytest.approx(0.81)
     assert list(table1.index.get_level_values(0).unique()) == ["jsrt", "isic"]  # the config's order
@@ -117,7 +117,7 @@ def test_missing_run_and_bench_are_gaps_stated_in_the_tables(tmp_path):
     table1 = pd.read_csv(tmp_path / "reports" / "table1.csv").set_index(["dataset", "model"])
     assert table1.loc[("isic", "rdiunet")].seeds == 1
     assert table1.loc[("isic", "rdiunet")].dice_mean == pytest.approx(0.80)  # seed 0 alone
-    assert math.isnan(table1.loc[("jsrt", "unet")].ms_median)
+    assert math.isnan(table1.loc[("jsrt", "unet")].ms_per_image)
     note = (tmp_path / "reports" / "table1.md").read_text()
     assert "**Left out** (2)" in note
     assert "isic/rdiunet/seed1:" in note and "metrics.json is missing" in note
@@ -190,16 +190,27 @@ def test_stability_and_convergence_verdicts():
 
 
 def test_speed_and_parameter_verdicts():
-    benches = pd.DataFrame(
-        [
-            {"dataset": "d", "model": "unet", "ms_median": 30.0, "params": 15_000_000, "device": "GPU"},
-            {"dataset": "d", "model": "rdiunet", "ms_median": 22.0, "params": 5_900_000, "device": "GPU"},
-            {"dataset": "e", "model": "unet", "ms_median": 30.0, "params": 15_000_000, "device": "GPU"},
-            {"dataset": "e", "model": "rdiunet", "ms_median": 27.0, "params": 5_900_000, "device": "GPU"},
-        ]
+    params = {"unet": 15_000_000, "rdiunet": 5_900_000}
+    ms = {("d", "unet"): 30.0, ("d", "rdiunet"): 22.0, ("e", "unet"): 30.0, ("e", "rdiunet"): 27.0}
+    benches = pd.DataFrame([{"dataset": d, "model": m, "params": params[m], "device": "GPU"} for d, m in ms])
+    speeds = [
+        {"dataset": d, "model": m, "precision": "tf32", "protocol": "eager_b1", "ms": value, "reason": None}
+        for (d, m), value in ms.items()
+    ]
+    speeds += [
+        {"dataset": d, "model": m, "precision": "tf32", "protocol": "graphed_b1", "ms": math.nan}
+        | {"reason": "CUDA graphs need a CUDA device"}
+        for d, m in ms
+    ]
+    collection = collect.Collection(
+        pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), benches, pd.DataFrame(speeds)
     )
-    assert claim_rules.speed("d", benches, "rdiunet", "unet")[0] == "reproduced"  # 27% faster
-    assert claim_rules.speed("e", benches, "rdiunet", "unet")[0] == "not reproduced"  # 10% faster
+    pair = ("rdiunet", "unet", "tf32")
+    assert claim_rules.speed("d", collection, *pair, "eager_b1")[0] == "reproduced"  # 27% faster
+    assert claim_rules.speed("e", collection, *pair, "eager_b1")[0] == "not reproduced"  # 10% faster
+    verdict, reason = claim_rules.speed("d", collection, *pair, "graphed_b1")
+    assert verdict == "not measured" and reason == "CUDA graphs need a CUDA device"
+    assert claim_rules.speed("d", collection, "rdiunet", "unet", "bf16", "eager_b1")[0] == "inconclusive"
     assert claim_rules.parameters(benches, "rdiunet", "unet")[0] == "reproduced"  # 60.7% fewer
 
 
@@ -317,7 +328,8 @@ def test_report_in_headless_chromium(demo):
         assert severe == []
         assert "Synthetic data." in driver.find_element("css selector", ".banner").text
         matrix = driver.find_element("id", "robustness").find_element("xpath", "following::table[1]")
-        assert len(matrix.find_elements("css selector", "tbody tr")) == 3
+        rows = (demo / "demo" / "reports" / "robustness.csv").read_text().splitlines()[1:-1]  # no summary
+        assert len(matrix.find_elements("css selector", "tbody tr")) == len(rows) >= 3
         height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(1280, min(height, 16000))
         artifacts = Path(os.environ.get("RDIUNET_TEST_ARTIFACTS", REPO / "test-artifacts"))

@@ -20,6 +20,7 @@ from conftest import (
     tiny_settings,
     write_prepared,
 )
+from scipy import ndimage
 
 import rdiunet.train as train_module
 from rdiunet.errors import UserError
@@ -61,6 +62,7 @@ def test_run_folder_holds_every_output(trained):
         "gpu.csv",
         "checkpoint.pt",
         "best.pt",
+        "best_loss.pt",
         "metrics.json",
         "per_image.csv",
         "run.json",
@@ -70,26 +72,41 @@ def test_run_folder_holds_every_output(trained):
     assert list(rows[0]) == [
         "epoch",
         "train_loss",
+        "train_soft_dice",
         "val_loss",
         "val_dice",
         "val_iou",
-        "val_dice_dataset",
+        "val_dice_pooled",
+        "val_soft_dice",
         "lr",
     ]
+    assert all(
+        0 < float(r[c]) <= 1 for r in rows for c in ("train_soft_dice", "val_soft_dice", "val_dice_pooled")
+    )
     best = max(rows, key=lambda r: float(r["val_dice"]))
-    assert metrics["best_epoch"] == int(best["epoch"])
+    lowest = min(rows, key=lambda r: float(r["val_loss"]))
+    assert metrics["checkpoint"] == "best_dice" and metrics["best_epoch"] == int(best["epoch"])
+    epochs = {name: c["epoch"] for name, c in metrics["checkpoints"].items()}
+    assert epochs == {"best_dice": int(best["epoch"]), "best_loss": int(lowest["epoch"]), "last": 3}
     with open(run / "per_image.csv") as handle:
         per_image = list(csv.DictReader(handle))
-    assert len(per_image) == metrics["images"] == 12
-    assert metrics["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in per_image]), abs=1e-5)
-    assert set(TEST_METRICS) <= set(metrics)
+    assert len(per_image) == 3 * metrics["images"] == 3 * 12  # every image under each checkpoint
+    for name, scores in metrics["checkpoints"].items():
+        dice = [float(r["dice"]) for r in per_image if r["checkpoint"] == name]
+        assert scores["dice"] == pytest.approx(np.mean(dice), abs=1e-5)
+        assert set(TEST_METRICS) <= set(scores)
+    assert metrics["dice"] == metrics["checkpoints"]["best_dice"]["dice"]
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["seed"] == 0
     assert info["environment"]["torch"] == torch.__version__
+    assert info["identity"]["precision"] == "tf32"
     assert info["settings"] == {
-        "amp": "off",
+        "precision": "tf32",
+        "autocast_dtype": None,
+        "matmul_allow_tf32": True,
+        "cudnn_allow_tf32": True,
+        "tf32_applies": False,
         "channels_last": False,
-        "tf32": False,
         "compile": False,
         "deterministic": True,
     }
@@ -308,3 +325,35 @@ def test_both_models_learn_the_synthetic_lungs(jsrt64, tmp_path, model, options)
     )
     assert max(float(r["val_dice"]) for r in history(tmp_path)) > 0.9
     assert metrics["dice"] > 0.9
+
+
+def test_another_headline_checkpoint_moves_the_top_level_without_training(jsrt64, trained, tmp_path, capsys):
+    run = copy_of(trained[0], tmp_path)
+    metrics = train(tiny_settings(jsrt64, checkpoint="last"), run)
+    assert "already complete" in capsys.readouterr().err
+    assert metrics["checkpoint"] == "last" and metrics["best_epoch"] == 3
+    assert metrics["dice"] == metrics["checkpoints"]["last"]["dice"]
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+
+
+@pytest.mark.slow
+def test_the_three_checkpoints_differ_on_a_run_built_to_overfit(tmp_path):
+    """Clean training masks, validation masks with a quarter of their pixels flipped: the model
+    grows confident, so the validation loss is lowest early while the Dice keeps rising, and a
+    high learning rate makes the last epoch fall back from the best one."""
+    rng = np.random.default_rng(0)
+    field = ndimage.gaussian_filter(rng.standard_normal((40, 32, 32)), (0, 3, 3))
+    images = (255 * (field - field.min()) / np.ptp(field)).astype(np.uint8)
+    split = np.array([0] * 24 + [1] * 8 + [2] * 8, np.int8)
+    masks = (field > 0).astype(np.uint8)
+    masks[(split == 1)[:, None, None] & (rng.random(masks.shape) < 0.25)] ^= 1
+    ids = np.array([f"i{k}" for k in range(40)])
+    data = write_prepared(
+        tmp_path / "d.npz", dict(images=images, masks=masks, ids=ids, groups=ids, split=split)
+    )
+    metrics = train(tiny_settings(data, epochs=12, lr=2e-2, batch_size=4), tmp_path / "run")
+    epochs = {name: scores["epoch"] for name, scores in metrics["checkpoints"].items()}
+    assert len(set(epochs.values())) == 3, epochs  # best loss, best Dice and last: three epochs
+    assert epochs["last"] == 12 and epochs["best_loss"] < epochs["best_dice"] < 12
+    dice = {name: scores["dice"] for name, scores in metrics["checkpoints"].items()}
+    assert len(set(dice.values())) == 3, dice

@@ -20,7 +20,7 @@ from snakemake_interface_common.exceptions import WorkflowError
 from rdiunet import paper
 from rdiunet.data import sources
 from rdiunet.report.figure_kinds import FIGURE_KINDS
-from rdiunet.settings import BenchSettings, TrainSettings
+from rdiunet.settings import BenchSettings, TrainSettings, plain
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -121,7 +121,7 @@ def test_schema_defaults_equal_the_settings_defaults(section, settings):
     compared = set(defaults) - JOB_SCHEDULING
     assert len(compared) >= 4  # the comparison must compare something
     for key in compared:
-        assert defaults[key] == getattr(settings, key), key
+        assert defaults[key] == plain(getattr(settings, key)), key
 
 
 def test_schema_dataset_names_are_the_registered_sources():
@@ -225,7 +225,26 @@ def test_demo_outputs_meet_the_data_contracts(demo):
         assert (root / "reports" / name).exists(), name
     robustness = (root / "reports" / "robustness.csv").read_text().splitlines()
     readings = [line.split(",")[0] for line in robustness[1:]]
-    assert readings == ["headline", "baseline = unet_classic", "nerve = nerve_by_image", "summary"]
+    assert readings[:3] == ["headline", "baseline = unet_classic", "nerve = nerve_by_image"]
+    for reading in ("curve = val_soft_dice", "curve = train_soft_dice", "curve = val_dice_pooled"):
+        assert reading in readings
+    for reading in ("checkpoint = best_loss", "checkpoint = last", "protocol = graphed_b1"):
+        assert reading in readings
+    assert {"protocol = best_batch", "protocol = end_to_end", "precision = fp32", "summary"} <= set(readings)
+    # The readings of the same runs: in every run folder and benchmark.
+    run = root / "results" / "jsrt" / "rdiunet" / "seed0"
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"train_soft_dice", "val_soft_dice", "val_dice_pooled"} <= set(header)
+    assert set(yaml.safe_load((run / "metrics.json").read_text())["checkpoints"]) == {
+        "best_dice",
+        "best_loss",
+        "last",
+    }
+    protocols = yaml.safe_load((root / "results" / "jsrt" / "rdiunet" / "bench.json").read_text())[
+        "protocols"
+    ]
+    assert all(protocols[p]["measured"] for p in ("eager_b1", "best_batch", "end_to_end"))
+    assert protocols["graphed_b1"] == {"measured": False, "reason": "CUDA graphs need a CUDA device"}
     figures = {p.name for p in (root / "reports" / "figures").glob("*.svg")}
     assert figures == {f"{kind}_{d}.svg" for kind in FIGURE_KINDS for d in DEMO_RUNS}
 

@@ -17,13 +17,15 @@ from rdiunet import paper
 from rdiunet.readings import Reading
 from rdiunet.stats import MIN_UNITS, compare, wilcoxon_greater
 
-from .collect import Collection, Study
+from .collect import Collection, Study, curve_table
 
 MIN_SEEDS = 5
 ALPHA = 0.05
 SPEED_GAIN = 0.20
 FEWER_PARAMETERS = 0.60
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+# A speed reading the benchmark's device cannot measure (a CUDA graph or TF32 on a CPU): no verdict.
+NOT_MEASURED = "not measured"
 PER_DATASET = ("accuracy", "speed", "stability", "convergence")
 
 RULES = {
@@ -35,8 +37,9 @@ RULES = {
         f"CI lies below 0 or the opposite one-sided test gives p < {ALPHA}; otherwise inconclusive."
     ),
     "speed": (
-        "Per dataset: speed-up = 1 - (proposed batch-1 median ms / baseline batch-1 median ms) on the "
-        f"benchmark's device; reproduced if >= {SPEED_GAIN:.0%}, not reproduced otherwise."
+        "Per dataset: speed-up = 1 - (proposed ms per image / baseline ms per image) by the reading's "
+        f"protocol and precision on the benchmark's device; reproduced if >= {SPEED_GAIN:.0%}, not "
+        "reproduced otherwise; not measured where the device cannot run the reading."
     ),
     "parameters": (
         f"Reproduced if the proposed model has at least {FEWER_PARAMETERS:.0%} fewer parameters than the "
@@ -150,14 +153,23 @@ def bench_row(benches: pd.DataFrame, model: str, dataset: str | None = None):
     return rows.iloc[0] if len(rows) else None
 
 
-def speed(dataset: str, benches: pd.DataFrame, proposed: str, baseline: str):
-    prop, base = bench_row(benches, proposed, dataset), bench_row(benches, baseline, dataset)
-    if prop is None or base is None:
+def speed(dataset: str, collection: Collection, proposed: str, baseline: str, precision: str, protocol: str):
+    """The speed claim by one protocol in one precision."""
+    speeds = collection.speeds
+    found = speeds[
+        (speeds.dataset == dataset) & (speeds.precision == precision) & (speeds.protocol == protocol)
+    ]
+    prop, base = (found[found.model == m] for m in (proposed, baseline))
+    if prop.empty or base.empty:
         return INCONCLUSIVE, "a bench.json is missing or unreadable (see the gaps)"
-    gain = 1 - prop.ms_median / base.ms_median
+    prop, base = prop.iloc[0], base.iloc[0]
+    if pd.isna(prop.ms) or pd.isna(base.ms):
+        return NOT_MEASURED, prop.reason if pd.isna(prop.ms) else base.reason
+    device = bench_row(collection.benches, proposed, dataset).device
+    gain = 1 - prop.ms / base.ms
     evidence = (
-        f"{proposed} {prop.ms_median:.2f} ms vs {baseline} {base.ms_median:.2f} ms per image: "
-        f"{abs(gain):.0%} {'faster' if gain >= 0 else 'slower'} on {prop.device} (paper: {paper.HARDWARE})"
+        f"{proposed} {prop.ms:.2f} ms vs {baseline} {base.ms:.2f} ms per image ({protocol}, {precision}): "
+        f"{abs(gain):.0%} {'faster' if gain >= 0 else 'slower'} on {device} (paper: {paper.HARDWARE})"
     )
     return (REPRODUCED if gain >= SPEED_GAIN else NOT_REPRODUCED), evidence
 
@@ -175,6 +187,8 @@ def parameters(benches: pd.DataFrame, proposed: str, baseline: str):
 
 def overall(claim: str, verdicts: list[Verdict], reading: str = "headline") -> Verdict:
     found = {v.verdict for v in verdicts}
+    if found == {NOT_MEASURED}:
+        return Verdict(claim, "all", NOT_MEASURED, verdicts[0].evidence, reading)
     if NOT_REPRODUCED in found:
         verdict = NOT_REPRODUCED
     elif found == {REPRODUCED}:
@@ -182,24 +196,31 @@ def overall(claim: str, verdicts: list[Verdict], reading: str = "headline") -> V
     else:
         verdict = INCONCLUSIVE
     counts = ", ".join(
-        f"{sum(v.verdict == k for v in verdicts)} {k}" for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+        f"{sum(v.verdict == k for v in verdicts)} {k}"
+        for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED)
+        if k != NOT_MEASURED or k in found
     )
     return Verdict(claim, "all", verdict, f"per dataset: {counts}", reading)
 
 
 def judge(collection: Collection, study: Study, reading: Reading) -> list[Verdict]:
-    """Every claim under one reading: per dataset with an overall verdict above, and parameters."""
+    """Every claim under one reading: per dataset with an overall verdict above, and parameters.
+    The reading picks the runs' checkpoint (accuracy), the Dice curve (stability, convergence),
+    and the precision and protocol (speed)."""
     pair = (reading.proposed, reading.baseline)
+    runs = collection.runs[collection.runs.checkpoint == reading.checkpoint]
+    per_image = collection.per_image[collection.per_image.checkpoint == reading.checkpoint]
+    curves = curve_table(collection.histories, study, reading.curve)
     verdicts = []
     for claim in PER_DATASET:
         rows = []
         for dataset in reading.datasets:
             if claim == "accuracy":
-                verdict, evidence = accuracy(dataset, collection.runs, collection.per_image, *pair)
+                verdict, evidence = accuracy(dataset, runs, per_image, *pair)
             elif claim == "speed":
-                verdict, evidence = speed(dataset, collection.benches, *pair)
+                verdict, evidence = speed(dataset, collection, *pair, reading.precision, reading.protocol)
             else:
-                verdict, evidence = fewer_is_better(claim, dataset, collection.runs, *pair)
+                verdict, evidence = fewer_is_better(claim, dataset, curves, *pair)
             rows.append(Verdict(claim, dataset, verdict, evidence, reading.name))
         verdicts += [overall(claim, rows, reading.name), *rows]
     verdict, evidence = parameters(collection.benches, *pair)

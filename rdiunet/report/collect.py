@@ -1,56 +1,39 @@
 """Reading a results tree (rdiunet.runfolder) into tidy tables, checking every run on the way.
 
-Each run's files are checked against each other before anything is averaged: metrics.json has
-every test metric and each is finite, history.csv has one row per epoch that metrics.json counts,
-per_image.csv has one row per test image and agrees with the mean Dice, run.json says the run is
-complete and was trained on the prepared data that is there now. A run that fails a check is left
-out and named with its reason (`Collection.excluded`); a missing run or bench.json is a gap the
-report states, never a crash and never a silent average.
+Each run's files are checked against each other before anything is averaged (checks.py). A run
+that fails a check is left out and named with its reason (`Collection.excluded`); a missing run or
+bench.json is a gap the report states, never a crash and never a silent average.
 """
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from rdiunet import paper
 from rdiunet.errors import UserError
-from rdiunet.fileio import read_json
 from rdiunet.metrics import TEST_METRICS, convergence, stability
 from rdiunet.readings import ConfigError, Plan, resolve
 from rdiunet.runfolder import RunFolder, bench_path, read_bench
 
-# Test metrics that may be null: the median HD95 is undefined when every image's HD95 is.
-NULLABLE = {"hd95_median"}
-RUN_KEYS = (*TEST_METRICS, "best_epoch", "epochs", "images")
+from .checks import Invalid, check_run, prepared_sha256
 
-RUN_COLUMNS = (
-    "dataset",
-    "model",
-    "seed",
-    *TEST_METRICS,
-    "best_epoch",
-    "epochs",
-    "energy_j",
-    "stability",
-    "convergence",
-)
+RUN_COLUMNS = ("dataset", "model", "seed", "checkpoint", *TEST_METRICS, "best_epoch", "epochs", "energy_j")
 BENCH_COLUMNS = (
     "dataset",
     "model",
     "params",
     "gflops",
-    "ms_median",
+    "size",
+    "ms_per_image",
     "ms_p90",
     "ms_p99",
     "throughput",
     "throughput_batch",
     "device",
 )
-HISTORY_COLUMNS = ("epoch", "val_dice")
-PER_IMAGE_COLUMNS = ("id", "dice")
+SPEED_COLUMNS = ("dataset", "model", "precision", "protocol", "ms", "reason")
 
 
 @dataclass(frozen=True)
@@ -89,6 +72,21 @@ class Study:
     def threshold(self, dataset: str) -> float:
         return self.plan.datasets[dataset]["threshold"]
 
+    @property
+    def curve(self) -> str:
+        """The headline Table 2 curve (the other curves are readings)."""
+        return self.plan.headline.curve
+
+    @property
+    def checkpoint(self) -> str:
+        """The headline tested checkpoint."""
+        return self.plan.headline.checkpoint
+
+    @property
+    def protocol(self) -> str:
+        """The headline speed protocol."""
+        return self.plan.headline.protocol
+
     def runs(self):
         """(dataset, model, seed) of every training run the readings need."""
         for dataset, model in self.plan.pairs:
@@ -117,10 +115,11 @@ class Collection:
     """The valid runs of a study: one row per run, their curves and per-image scores, the
     benchmarks, and what was left out."""
 
-    runs: pd.DataFrame
+    runs: pd.DataFrame  # one row per run and kept checkpoint
     histories: pd.DataFrame
-    per_image: pd.DataFrame
-    benches: pd.DataFrame
+    per_image: pd.DataFrame  # one row per test image, run and kept checkpoint
+    benches: pd.DataFrame  # Table 1's costs, one row per dataset and model
+    speeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # ms per image by precision, protocol
     excluded: list[Excluded] = field(default_factory=list)
     synthetic_runs: list[str] = field(default_factory=list)  # runs whose data was synthetic
     unchecked_data: list[str] = field(default_factory=list)  # datasets without a summary to check
@@ -130,115 +129,87 @@ class Collection:
         return study.synthetic or bool(self.synthetic_runs)
 
 
-class Invalid(Exception):
-    """A run's files fail a check; the message is the reason shown in the report."""
-
-
-def finite(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_metrics(metrics) -> None:
-    if not isinstance(metrics, dict):
-        raise Invalid("metrics.json is not a JSON object")
-    for key in RUN_KEYS:
-        if key not in metrics:
-            raise Invalid(f"metrics.json lacks '{key}'")
-        if not (finite(metrics[key]) or (metrics[key] is None and key in NULLABLE)):
-            raise Invalid(f"metrics.json: {key} is {metrics[key]!r}, not a finite number")
-    if not isinstance(metrics["epochs"], int) or metrics["epochs"] < 1:
-        raise Invalid(f"metrics.json: epochs is {metrics['epochs']!r}")
-
-
-def check_frame(frame: pd.DataFrame, name: str, columns: tuple[str, ...]) -> None:
-    for column in columns:
-        if column not in frame.columns:
-            raise Invalid(f"{name} lacks the column '{column}'")
-    numbers = pd.to_numeric(frame[columns[-1]], errors="coerce")
-    if not np.isfinite(numbers).all():
-        raise Invalid(f"{name}: {columns[-1]} holds values that are not finite numbers")
-
-
-def check_run(folder: RunFolder, data_sha256: str | None):
-    """(metrics, history, per_image, run.json) of a run whose files agree; else Invalid."""
-    if not folder.path.exists():
-        raise Invalid("missing: the run folder does not exist")
-    try:
-        metrics, run = folder.read_metrics(), folder.read_run()
-        history, per_image = folder.read_history(), folder.read_per_image()
-    except UserError as error:
-        raise Invalid(str(error)) from None
-    check_metrics(metrics)
-    check_frame(history, "history.csv", HISTORY_COLUMNS)
-    check_frame(per_image, "per_image.csv", PER_IMAGE_COLUMNS)
-    epochs = metrics["epochs"]
-    if history.epoch.tolist() != list(range(1, len(history) + 1)):
-        raise Invalid("history.csv: the epochs are not numbered 1, 2, 3, ...")
-    if len(history) != epochs:
-        raise Invalid(f"history.csv has {len(history)} epochs, metrics.json says {epochs}")
-    if not 1 <= metrics["best_epoch"] <= epochs:
-        raise Invalid(f"metrics.json: best_epoch {metrics['best_epoch']} is outside 1..{epochs}")
-    if len(per_image) != metrics["images"]:
-        raise Invalid(f"per_image.csv has {len(per_image)} images, metrics.json says {metrics['images']}")
-    if abs(per_image.dice.astype(float).mean() - metrics["dice"]) > 1e-5:
-        raise Invalid("per_image.csv's mean Dice differs from metrics.json's")
-    if not isinstance(run, dict) or run.get("status") != "complete":
-        status = run.get("status") if isinstance(run, dict) else None
-        raise Invalid(f"run.json says the run is {status or 'in an unknown state'}, not complete")
-    if data_sha256 is not None and run.get("data_sha256") != data_sha256:
-        raise Invalid(
-            f"trained on other data (sha256 {str(run.get('data_sha256'))[:12]}) than the prepared "
-            f"data there now ({data_sha256[:12]})"
-        )
-    return metrics, history, per_image, run
-
-
-def prepared_sha256(data: Path | None, dataset: str) -> str | None:
-    """The sha256 the prepared data's summary records, or None where there is no summary to read."""
-    if data is None or not (data / f"{dataset}.json").exists():
-        return None
-    summary = read_json(data / f"{dataset}.json", "rerun rdiunet prepare")
-    return summary.get("npz_sha256") if isinstance(summary, dict) else None
-
-
-def run_record(dataset, model, seed, metrics, history, study: Study) -> dict:
-    dice = history["val_dice"].astype(float).tolist()
+def run_records(dataset: str, model: str, seed: int, metrics: dict) -> list[dict]:
+    """One row per kept checkpoint: its test metrics and epoch, and the run's length and energy."""
     gpu = metrics.get("gpu") if isinstance(metrics.get("gpu"), dict) else {}
-    return {
-        "dataset": dataset,
-        "model": model,
-        "seed": seed,
-        **{name: metrics[name] for name in TEST_METRICS},
-        "best_epoch": metrics["best_epoch"],
-        "epochs": len(dice),
-        "energy_j": gpu.get("energy_j_total"),
-        "stability": stability(dice, study.stability_drop),
-        "convergence": convergence(dice, study.threshold(dataset)),
-    }
+    return [
+        {
+            "dataset": dataset,
+            "model": model,
+            "seed": seed,
+            "checkpoint": name,
+            **{metric: scores[metric] for metric in TEST_METRICS},
+            "best_epoch": scores["epoch"],
+            "epochs": metrics["epochs"],
+            "energy_j": gpu.get("energy_j_total"),
+        }
+        for name, scores in metrics["checkpoints"].items()
+    ]
 
 
-def bench_record(bench: dict) -> dict:
+def speed_records(dataset: str, model: str, bench: dict) -> list[dict]:
+    """Every protocol at the bench's precision, and the headline protocol in each other precision."""
+    rows = []
+    entries = [(bench["precision"], name, result) for name, result in bench["protocols"].items()]
+    entries += [(p, bench["protocol"], r) for p, r in bench["precisions"].items() if p != bench["precision"]]
+    for precision, protocol, result in entries:
+        measured = bool(result.get("measured"))
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "precision": precision,
+                "protocol": protocol,
+                "ms": result["ms_per_image"] if measured else math.nan,
+                "reason": None if measured else result.get("reason", "not measured"),
+            }
+        )
+    return rows
+
+
+def bench_record(bench: dict, protocol: str) -> dict:
+    """Table 1's costs: the headline protocol's ms per image (and its spread, where it has one)."""
     largest = max(
         (row for row in bench["throughput"] if "images_per_s" in row),
         key=lambda row: row["batch_size"],
         default={},
     )
+    headline = bench["protocols"][protocol]
     return {
         "params": bench["params"],
         "gflops": bench["gflops_per_image"],
-        "ms_median": bench["latency_ms"]["median"],
-        "ms_p90": bench["latency_ms"]["p90"],
-        "ms_p99": bench["latency_ms"]["p99"],
+        "size": bench["size"],
+        "ms_per_image": headline["ms_per_image"] if headline.get("measured") else math.nan,
+        "ms_p90": headline.get("p90", math.nan),
+        "ms_p99": headline.get("p99", math.nan),
         "throughput": largest.get("images_per_s"),
         "throughput_batch": largest.get("batch_size"),
         "device": bench["environment"]["device_name"],
     }
 
 
+def curve_table(histories: pd.DataFrame, study: "Study", curve: str) -> pd.DataFrame:
+    """Per run: its length, and the stability and convergence of one Dice curve (Table 2)."""
+    rows = []
+    for (dataset, model, seed), history in histories.groupby(["dataset", "model", "seed"], sort=False):
+        values = history.sort_values("epoch")[curve].astype(float).tolist()
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "seed": seed,
+                "epochs": len(values),
+                "stability": stability(values, study.stability_drop),
+                "convergence": convergence(values, study.threshold(dataset)),
+            }
+        )
+    return pd.DataFrame(rows, columns=["dataset", "model", "seed", "epochs", "stability", "convergence"])
+
+
 def collect(results: Path, study: Study, data: Path | None = None) -> Collection:
     """Every run and benchmark of `study` in `results`, checked; `data` is the folder of the
     prepared data, whose checksums the runs must match (not checked where it is None)."""
-    runs, histories, per_images, benches = [], [], [], []
+    runs, histories, per_images, benches, speeds = [], [], [], [], []
     excluded, synthetic, unchecked = [], [], []
     for dataset in study.datasets:
         data_sha256 = prepared_sha256(data, dataset)
@@ -252,16 +223,16 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
                 except Invalid as reason:
                     excluded.append(Excluded(dataset, model, seed, str(reason)))
                     continue
-                runs.append(run_record(dataset, model, seed, metrics, history, study))
+                runs += run_records(dataset, model, seed, metrics)
                 labels = {"dataset": dataset, "model": model, "seed": seed}
                 histories.append(history.assign(**labels))
                 per_images.append(per_image.assign(**labels))
                 if (run.get("data") or {}).get("synthetic"):
                     synthetic.append(f"{dataset}/{model}/seed{seed}")
             try:
-                benches.append(
-                    {"dataset": dataset, "model": model, **bench_record(read_bench(results, dataset, model))}
-                )
+                bench = read_bench(results, dataset, model)
+                benches.append({"dataset": dataset, "model": model, **bench_record(bench, study.protocol)})
+                speeds += speed_records(dataset, model, bench)
             except (UserError, KeyError, TypeError, AttributeError) as error:
                 reason = (
                     str(error)
@@ -278,6 +249,7 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
         if per_images
         else pd.DataFrame(columns=["dataset", "model", "seed", "id", "dice"]),
         benches=pd.DataFrame(benches, columns=list(BENCH_COLUMNS) if not benches else None),
+        speeds=pd.DataFrame(speeds, columns=list(SPEED_COLUMNS) if not speeds else None),
         excluded=excluded,
         synthetic_runs=synthetic,
         unchecked_data=unchecked,

@@ -105,7 +105,7 @@ TABLE1 = (
     Column("dice_dataset", "Dice (pooled)", mean_sd(3)),
     Column("iou_dataset", "IoU (pooled)", mean_sd(3)),
     Column("hd95_median", "HD95 (px)", mean_sd(1)),
-    Column("ms_median", "ms/image", fixed(2), Paper("ms", fixed(1), header="paper ms")),
+    Column("ms_per_image", "ms/image", fixed(2), Paper("ms", fixed(1), header="paper ms")),
     Column("throughput", "images/s", fixed(0)),
     Column("params", "params", millions(2), Paper("params", millions(1))),
     Column("gflops", "GFLOPs", fixed(2)),
@@ -119,6 +119,7 @@ TABLE2 = (
     Column("epochs", "epochs"),
     Column("stability_per_seed", "stability per seed", text=True),
     Column("stability", "stability", mean_sd(1), Paper("stability", fixed(0), delta=plus_minus(1))),
+    Column("drops_per_100", "drops / 100 epochs", mean_sd(1)),
     Column("convergence_per_seed", "convergence per seed", text=True),
     Column(
         "convergence",

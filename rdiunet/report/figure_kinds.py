@@ -5,12 +5,12 @@ It imports nothing, so the workflow can read it without the package's dependenci
 
 FIGURE_KINDS = {
     "dice_curves": (
-        "Validation Dice per epoch (Fig. 8): mean over seeds with a ±1 SD band; the dashed line is "
-        "the Table 2 convergence threshold."
+        "The Table 2 curve per epoch (Fig. 8; the hard validation Dice unless configured otherwise): "
+        "mean over seeds with a ±1 SD band; the dashed line is the Table 2 convergence threshold."
     ),
     "examples": (
-        "Example test predictions (Fig. 7): image, ground truth, and each model's prediction (red) "
-        "with the ground-truth outline (green) and the image's Dice."
+        "Example test predictions (Fig. 7) of the tested checkpoint: image, ground truth, and each "
+        "model's prediction (red) with the ground-truth outline (green) and the image's Dice."
     ),
     "dice_distribution": "Per-image test Dice, averaged over seeds: box per model with every image over it.",
     "gpu_power": (

@@ -40,11 +40,11 @@ def save(figure, out: Path, stem: str) -> list[Path]:
 
 
 def dice_curves(histories: pd.DataFrame, dataset: str, study: Study, out: Path) -> list[Path]:
-    """Mean validation Dice per epoch with a +-1 SD band over seeds, and the Table 2 threshold."""
+    """The Table 2 curve per epoch (mean, +-1 SD band over seeds) and the Table 2 threshold."""
     figure, axes = plt.subplots(figsize=(6.4, 4))
     for model in study.models_of(dataset):
         curves = histories[(histories.dataset == dataset) & (histories.model == model)]
-        by_epoch = curves.groupby("epoch")["val_dice"]
+        by_epoch = curves.groupby("epoch")[study.curve]
         mean, sd = by_epoch.mean(), by_epoch.std().fillna(0)
         axes.plot(
             mean.index, mean, color=colour(model), label=f"{model} (mean of {curves.seed.nunique()} seeds)"
@@ -54,15 +54,17 @@ def dice_curves(histories: pd.DataFrame, dataset: str, study: Study, out: Path) 
     axes.axhline(
         threshold, color="black", linestyle="--", linewidth=1, label=f"Table 2 threshold {threshold}"
     )
-    axes.set(xlabel="epoch", ylabel="validation Dice", title=f"{dataset}: validation Dice", ylim=(0, 1.02))
+    axes.set(xlabel="epoch", ylabel=study.curve, title=f"{dataset}: {study.curve} per epoch", ylim=(0, 1.02))
     axes.legend(loc="lower right", fontsize=8)
     axes.grid(alpha=0.3)
     return save(figure, out, f"dice_curves_{dataset}")
 
 
 def dice_distribution(per_image: pd.DataFrame, dataset: str, study: Study, out: Path) -> list[Path]:
-    """Per-image test Dice (averaged over seeds): a box per model with the images over it."""
-    images = per_image[per_image.dataset == dataset].groupby(["model", "id"], as_index=False)["dice"].mean()
+    """Per-image test Dice of the headline checkpoint (averaged over seeds): a box per model with
+    the images over it."""
+    tested = per_image[(per_image.dataset == dataset) & (per_image.checkpoint == study.checkpoint)]
+    images = tested.groupby(["model", "id"], as_index=False)["dice"].mean()
     order = study.models_of(dataset)
     figure, axes = plt.subplots(figsize=(4.8, 4))
     sns.boxplot(
@@ -86,10 +88,10 @@ def dice_distribution(per_image: pd.DataFrame, dataset: str, study: Study, out: 
     return save(figure, out, f"dice_distribution_{dataset}")
 
 
-def predict(folder: RunFolder, images: torch.Tensor) -> np.ndarray:
-    """Binary predictions of a run's best weights (on the CPU: a few images only)."""
+def predict(folder: RunFolder, images: torch.Tensor, checkpoint: str) -> np.ndarray:
+    """Binary predictions of a run's checkpoint (on the CPU: a few images only)."""
     with torch.no_grad():
-        return (folder.load_model()(images.float() / 255) > 0).numpy()[:, 0]
+        return (folder.load_model(checkpoint)(images.float() / 255) > 0).numpy()[:, 0]
 
 
 def first_valid_seed(collection: Collection, dataset: str, model: str) -> int | None:
@@ -109,7 +111,7 @@ def examples(
     models = study.models_of(dataset)
     seeds = {m: first_valid_seed(collection, dataset, m) for m in models}
     predictions = {
-        m: predict(RunFolder.of(results, dataset, m, seed), images)
+        m: predict(RunFolder.of(results, dataset, m, seed), images, study.checkpoint)
         for m, seed in seeds.items()
         if seed is not None
     }
@@ -146,7 +148,8 @@ def gpu_power(results: Path, dataset: str, collection: Collection, study: Study,
     """Power over training time per model (its first valid seed) and energy per run; where no run
     has NVML samples, a figure that says why (from the runs' own GPU records)."""
     traces, energies, reasons = {}, [], set()
-    valid = collection.runs[collection.runs.dataset == dataset]
+    runs = collection.runs
+    valid = runs[(runs.dataset == dataset) & (runs.checkpoint == study.checkpoint)]
     for model, seed in zip(valid.model, valid.seed, strict=True):
         folder = RunFolder.of(results, dataset, model, int(seed))
         samples = folder.read_gpu_samples()

@@ -11,6 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from rdiunet import paper
 from rdiunet.fileio import atomic_path, read_json
 from rdiunet.provenance import now
+from rdiunet.readings import CHECKPOINTS, CURVES, PRECISION_READINGS, PRECISIONS, PROTOCOLS
 from rdiunet.runfolder import RunFolder, bench_path
 
 from . import paper_check
@@ -19,6 +20,7 @@ from .collect import Collection, Study, collect
 from .columns import TABLE1, TABLE2, rendered
 from .figure_kinds import FIGURE_KINDS
 from .robustness import claim_columns, matrix, robustness_frame, summary
+from .scaling import growth_table
 from .tables import table1, table2
 
 
@@ -123,6 +125,13 @@ def report_command(results: Path, data: Path, figures: Path, timing: Path, confi
         "robustness_columns": claim_columns(study.plan),
         "robustness_summary": summary(robustness, study.plan),
         "paper_check": checks.to_dict("records"),
+        "growth": growth_table(collection, study).to_dict("records"),
+        "choices": {
+            "curve": CURVES,
+            "checkpoint": CHECKPOINTS,
+            "precision": {p: PRECISIONS[p] for p in PRECISION_READINGS},
+            "protocol": PROTOCOLS,
+        },
         "rules": RULES,
         "table1": rendered(TABLE1, table1(collection, study).to_dict("records")),
         "table2": rendered(TABLE2, table2(collection, study).to_dict("records")),

@@ -15,7 +15,7 @@ from rdiunet.fileio import atomic_path
 from rdiunet.metrics import TEST_METRICS
 
 from . import paper_check
-from .collect import BENCH_COLUMNS, Collection, Study, collect
+from .collect import BENCH_COLUMNS, Collection, Study, collect, curve_table
 from .columns import TABLE1, TABLE2, fields, missing, rendered
 
 # Per-run quantities Table 1 averages over seeds: every test metric, and training energy.
@@ -52,7 +52,8 @@ def table1(collection: Collection, study: Study) -> pd.DataFrame:
     rows = []
     for dataset in study.datasets:
         for model in study.models_of(dataset):
-            group = selected(collection.runs, dataset, model)
+            runs = collection.runs
+            group = selected(runs[runs.checkpoint == study.checkpoint], dataset, model)
             bench = selected(collection.benches, dataset, model)
             row = {
                 "dataset": dataset,
@@ -76,10 +77,13 @@ def per_seed(values) -> str:
 
 
 def table2(collection: Collection, study: Study) -> pd.DataFrame:
+    """Stability and convergence on the headline curve, with the drops per 100 epochs: a count
+    that grows with the run's length (the paper does not give its length)."""
+    curves = curve_table(collection.histories, study, study.curve)
     rows = []
     for dataset in study.datasets:
         for model in study.models_of(dataset):
-            group = selected(collection.runs, dataset, model).sort_values("seed")
+            group = selected(curves, dataset, model).sort_values("seed")
             converged = [c for c in group.convergence if c is not None and not pd.isna(c)]
             row = {
                 "dataset": dataset,
@@ -93,6 +97,8 @@ def table2(collection: Collection, study: Study) -> pd.DataFrame:
                 "converged_seeds": len(converged),
             }
             row["stability_mean"], row["stability_sd"] = mean_sd(group.stability)
+            row["drops_per_100_mean"], row["drops_per_100_sd"] = mean_sd(100 * group.stability / group.epochs)
+            row["curve"] = study.curve
             row["convergence_mean"], row["convergence_sd"] = mean_sd(converged)
             add_paper(row, TABLE2, paper.table2(study.plan.source(dataset), study.plan.base(model)))
             rows.append(row)

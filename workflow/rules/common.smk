@@ -114,7 +114,8 @@ def train_flags(wildcards):
         f"--epochs {settings['epochs']}",
         f"--batch-size {settings['batch_size']}",
         f"--lr {settings.get('lr', training['lr'])}",
-        f"--amp {training['amp']}",
+        f"--precision {training['precision']}",
+        f"--checkpoint {config['checkpoint']}",
         f"--device {training['device']}",
     ]
     flags += ["--deterministic"] if training["deterministic"] else []
@@ -128,7 +129,9 @@ def bench_flags(wildcards):
         f"--size {dataset_config(wildcards)['size']}",
         f"--runs {bench['runs']}",
         f"--warmup {bench['warmup']}",
-        f"--amp {bench['amp']}",
+        f"--precision {bench['precision']}",
+        f"--precisions {option_value(bench['precisions'])}",
+        f"--protocol {config['speed_protocol']}",
         f"--device {bench['device']}",
     ]
     # Unset: the benchmark's own default for the device it runs on.

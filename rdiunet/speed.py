@@ -1,0 +1,197 @@
+"""How fast a model runs, by four protocols (rdiunet.readings.PROTOCOLS).
+
+The paper's "ms per image" comes from an unstated protocol, and the protocols disagree by large
+factors on a GPU, so each is measured and named:
+
+- eager_b1: batch 1 in eager mode, timed per call after a warm-up; median, p90, p99 over the runs;
+- graphed_b1: batch 1 replayed from a CUDA graph, which removes the per-layer launch cost that
+  dominates small models at batch 1 (GPU only);
+- best_batch: milliseconds per image at the batch size with the highest throughput;
+- end_to_end: batch 1 from a host tensor to a host mask: copy in, forward, sigmoid, threshold,
+  copy out, synchronised.
+
+On a GPU each call is timed with CUDA events on the current device after a synchronisation; on the
+CPU with perf_counter, at a fixed thread count. Every run feeds a different random image from a
+pool (never zeros, which some kernels shortcut).
+"""
+
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from rdiunet.gpu import GpuSampler
+from rdiunet.runtime import Runtime
+
+INPUT_POOL = 8
+
+
+class Timer:
+    """Milliseconds of one call: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1000
+
+
+def input_pool(batch: int, size: int, runtime: Runtime, host: bool = False) -> list[torch.Tensor]:
+    """INPUT_POOL distinct random batches, on the device (or on the host, as end_to_end needs)."""
+    generator = torch.Generator().manual_seed(batch)
+    pool = [torch.rand(batch, 1, size, size, generator=generator) for _ in range(INPUT_POOL)]
+    return pool if host else [runtime.prepare_input(x.to(runtime.device)) for x in pool]
+
+
+def distribution(times: list[float], runs: int, warmup: int) -> dict:
+    return {
+        "measured": True,
+        "ms_per_image": statistics.median(times),
+        "batch_size": 1,
+        "runs": runs,
+        "warmup": warmup,
+        "median": statistics.median(times),
+        "p90": float(np.percentile(times, 90)),
+        "p99": float(np.percentile(times, 99)),
+        "mean": statistics.fmean(times),
+        "min": min(times),
+        "max": max(times),
+    }
+
+
+def not_measured(reason: str) -> dict:
+    return {"measured": False, "reason": reason}
+
+
+def forward_of(model: nn.Module, runtime: Runtime):
+    def forward(x):
+        with torch.inference_mode(), runtime.autocast():
+            return model(x)
+
+    return forward
+
+
+def eager_b1(model: nn.Module, size: int, runtime: Runtime, runs: int, warmup: int) -> dict:
+    forward, timer = forward_of(model, runtime), Timer(runtime.device)
+    pool = input_pool(1, size, runtime)
+    for i in range(warmup):
+        forward(pool[i % INPUT_POOL])
+    return distribution([timer(lambda i=i: forward(pool[i % INPUT_POOL])) for i in range(runs)], runs, warmup)
+
+
+def graphed_b1(model: nn.Module, size: int, runtime: Runtime, runs: int, warmup: int) -> dict:
+    """Batch 1 captured once in a CUDA graph and replayed; each run copies a new image into the
+    graph's input first (inside the timed call, as serving would)."""
+    if not runtime.cuda:
+        return not_measured("CUDA graphs need a CUDA device")
+    pool = input_pool(1, size, runtime)
+    static = pool[0].clone()
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad(), runtime.autocast():
+            for _ in range(max(3, warmup)):  # cuDNN autotuning and lazy allocations before capture
+                model(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad(), runtime.autocast():
+            model(static)
+    except RuntimeError as error:
+        return not_measured(f"the model could not be captured in a CUDA graph ({str(error).splitlines()[0]})")
+    timer = Timer(runtime.device)
+
+    def replay(x):
+        static.copy_(x)
+        graph.replay()
+
+    times = [timer(lambda i=i: replay(pool[i % INPUT_POOL])) for i in range(runs)]
+    return distribution(times, runs, warmup) | {"captured": "torch.cuda.CUDAGraph"}
+
+
+def end_to_end(model: nn.Module, size: int, runtime: Runtime, runs: int, warmup: int) -> dict:
+    """A host tensor in, a host mask out: the latency a caller of the model sees."""
+    forward = forward_of(model, runtime)
+    pool = input_pool(1, size, runtime, host=True)
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        logits = forward(runtime.prepare_input(x.to(runtime.device)))
+        mask = torch.sigmoid(logits.float()) > 0.5
+        return mask.to("cpu")  # waits for the device: the mask is on the host when this returns
+
+    for i in range(warmup):
+        call(pool[i % INPUT_POOL])
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        call(pool[i % INPUT_POOL])
+        times.append((time.perf_counter() - start) * 1000)
+    return distribution(times, runs, warmup) | {
+        "includes": "host-to-device copy, forward, sigmoid, threshold, copy back"
+    }
+
+
+def throughput(
+    model: nn.Module, size: int, runtime: Runtime, batch_sizes: tuple[int, ...], seconds: float = 2.0
+) -> list[dict]:
+    """Images per second at each batch size above 1 (at least 3 batches and `seconds`), with the
+    peak memory of each batch size and, where NVML answers, its energy per image."""
+    forward, timer = forward_of(model, runtime), Timer(runtime.device)
+    rows = []
+    for batch in [b for b in batch_sizes if b > 1]:
+        if runtime.cuda:
+            torch.cuda.reset_peak_memory_stats(runtime.device)
+        try:
+            pool = input_pool(batch, size, runtime)
+            for i in range(3):
+                forward(pool[i % INPUT_POOL])
+            times, images = [], 0
+            with GpuSampler(None, runtime.device, period=0.05) as sampler:
+                while len(times) < 3 or sum(times) < seconds * 1000:
+                    x = pool[len(times) % INPUT_POOL]
+                    times.append(timer(lambda x=x: forward(x)))
+                    images += batch
+        except torch.cuda.OutOfMemoryError:
+            rows.append({"batch_size": batch, "skipped": "out of GPU memory"})
+            torch.cuda.empty_cache()
+            continue
+        energy = sampler.summary()
+        row = {
+            "batch_size": batch,
+            "batches": len(times),
+            "ms_per_batch": statistics.median(times),
+            "images_per_s": images / (sum(times) / 1000),
+        }
+        if runtime.cuda:
+            row["peak_memory_mib"] = torch.cuda.max_memory_allocated(runtime.device) / 2**20
+        if energy["available"] and energy["energy_j"] is not None:
+            row["energy_per_image_j"] = energy["energy_j"] / images
+            row["mean_power_w"] = energy["mean_power_w"]
+        rows.append(row)
+    return rows
+
+
+def best_batch(eager: dict, rows: list[dict]) -> dict:
+    """The batch size with the highest throughput (batch 1 included, from eager_b1), per image."""
+    candidates = [(1000 / eager["median"], 1)] + [
+        (r["images_per_s"], r["batch_size"]) for r in rows if "images_per_s" in r
+    ]
+    images_per_s, batch = max(candidates)
+    return {
+        "measured": True,
+        "ms_per_image": 1000 / images_per_s,
+        "batch_size": batch,
+        "images_per_s": images_per_s,
+        "batch_sizes_tried": [1] + [r["batch_size"] for r in rows],
+    }
