@@ -2,9 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Without an NVIDIA driver, install the CPU build of torch first so that the package's torch range
-# is already satisfied and pip never pulls a multi-GB CUDA wheel. Override on the command line.
-TORCH_CPU ?= torch==2.13.0
+# torch: on a machine without nvidia-smi, its CPU build from PyTorch's CPU wheel index, so that
+# pip never pulls PyPI's Linux wheel (the CUDA build, several GB); where that index cannot be
+# reached within TORCH_PROBE_S seconds, the default package index. With nvidia-smi, the package's
+# torch range takes the default index's (CUDA) build. TORCH_INDEX=URL takes torch from URL on any
+# machine (e.g. https://download.pytorch.org/whl/cu128 for an older driver). Says which it used.
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_PROBE_S ?= 10
 STAMP := $(VENV)/.installed
 
 .PHONY: test test-fast demo lint venv clean
@@ -14,8 +20,21 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
-		$(PY) -m pip install --quiet "$(TORCH_CPU)"; \
+	@if [ -n "$(TORCH_INDEX)" ]; then \
+		echo "torch $(TORCH_VERSION) from $(TORCH_INDEX) (TORCH_INDEX)"; \
+		$(PY) -m pip install --quiet --index-url "$(TORCH_INDEX)" "torch==$(TORCH_VERSION)"; \
+	elif $(PY) -c "import torch" 2>/dev/null; then \
+		echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "nvidia-smi found: torch (a CUDA build) from the default package index"; \
+	elif $(PY) -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))" \
+			"$(TORCH_CPU_INDEX)/torch/" "$(TORCH_PROBE_S)" 2>/dev/null; then \
+		echo "no NVIDIA driver: torch $(TORCH_VERSION), CPU build, from $(TORCH_CPU_INDEX)"; \
+		$(PY) -m pip install --quiet --index-url "$(TORCH_CPU_INDEX)" "torch==$(TORCH_VERSION)"; \
+	else \
+		echo "no NVIDIA driver, and $(TORCH_CPU_INDEX) is not reachable: torch $(TORCH_VERSION) from the default package index"; \
+		echo "  (where that is PyPI on Linux x86_64 this is the CUDA build, several GB; set TORCH_INDEX to avoid it)"; \
+		$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"; \
 	fi
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@

@@ -10,7 +10,7 @@ import argparse
 import time
 from types import SimpleNamespace
 
-from rdiunet.gpu import GpuSampler, load_nvml
+from rdiunet.nvml import GpuSampler, load_nvml
 
 INSTANT_NVML = SimpleNamespace(
     NVMLError=Exception,

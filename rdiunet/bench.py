@@ -116,6 +116,7 @@ def bench(settings: BenchSettings) -> dict:
         precision=settings.precision,
         channels_last=settings.channels_last,
         threads=settings.threads,
+        role="bench",
     )
     batch_sizes = settings.batch_sizes or (GPU_BATCH_SIZES if runtime.cuda else CPU_BATCH_SIZES)
     torch.manual_seed(0)

@@ -280,6 +280,12 @@ def add_train_parser(verbs) -> None:
         help="whose test metrics metrics.json shows first; all three are evaluated and kept",
     )
     train.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
+    train.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=TrainSettings.gpu_slots,
+        help="training jobs that may share one GPU (default 1: a card per training)",
+    )
     add_runtime_arguments(train, TrainSettings)
     train.set_defaults(handler=cmd_train)
 

@@ -1,25 +1,29 @@
-"""GPUs: choosing (and claiming) a device, and watching it through NVML.
+"""GPUs: choosing and claiming a card for a job, and never falling back to the CPU in silence.
 
-Device choice. Snakemake never sets CUDA_VISIBLE_DEVICES for local jobs, so on a machine with
-several GPUs concurrent jobs (limited by `resources: gpu=1` and `--resources gpu=N`) must not all
-pick cuda:0. A job that was not pinned to one device (`--device auto` or `cuda` with several
-visible) claims the least-busy visible GPU that no other job holds, by taking an exclusive lock
-on a per-GPU lock file. The operating system releases the lock when the process ends, however it
-ends (SIGKILL and crashes included), so a lock can never outlive its job.
+Claiming. Snakemake never sets CUDA_VISIBLE_DEVICES for local jobs, and counts `resources: gpu=1`
+only against a `--resources gpu=N` limit, so on a workstation several jobs could start on one
+card. Every GPU job therefore claims its card, also when one GPU is visible:
 
-Monitoring. `GpuSampler` reads power, utilisation, memory, temperature and SM clock through NVML
-in a background thread and writes them to a CSV; energy is the difference of the GPU's total
-energy counter over the window, or the integral of the sampled power where the counter is not
-supported. Without nvidia-ml-py, a driver or a GPU, the sampler records why and stays out of the
-way: the run goes on.
+- a training job holds the card shared and one of its `gpu_slots` training slots (default 1: one
+  training per card; more let small models fill a large card);
+- a benchmark holds the card exclusively: it waits until no other rdiunet job holds the card, and
+  while it waits no new job starts on it, so its timing and energy are its own.
+
+The holds are flock() locks on files in a private per-user folder (0700, owned by the user,
+checked); the files are opened without following symbolic links and never written. The kernel
+drops a process's locks when it ends, however it ends (SIGKILL included). A job that a scheduler
+gave its own card (Slurm sets SLURM_JOB_ID and restricts CUDA_VISIBLE_DEVICES) claims nothing.
+
+No silent CPU fallback. When a GPU is asked for (`cuda`) or expected (`auto` inside a Slurm GPU
+allocation, or where nvidia-smi lists a GPU) and torch cannot use CUDA, the job stops in one line
+naming torch's version and CUDA build, the driver, and the fix.
 """
 
-import csv
 import fcntl
-import itertools
 import os
+import stat
 import sys
-import threading
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,248 +31,161 @@ from pathlib import Path
 import torch
 
 from rdiunet.errors import UserError
+from rdiunet.nvidia_smi import listed_gpus, nvidia_smi
+from rdiunet.nvml import load_nvml, nvml_handle
 
 LOCK_DIR_ENV = "RDIUNET_GPU_LOCK_DIR"
-SAMPLE_COLUMNS = ("time", "power_w", "utilization_pct", "memory_used_mib", "temperature_c", "sm_clock_mhz")
+ROLES = ("train", "bench")
 
-# Locks this process holds; the file objects must stay open for the locks to stay held.
-_held_locks: list = []
-
-
-# --- NVML ----------------------------------------------------------------------------------------
-
-
-def load_nvml():
-    """(the initialised pynvml module, None) or (None, why it is unavailable)."""
-    try:
-        import pynvml
-    except ImportError as error:
-        return None, f"nvidia-ml-py is not installed ({error})"
-    try:
-        pynvml.nvmlInit()
-    except Exception as error:  # NVMLError subclasses, or OSError when the library is missing
-        return None, f"NVML is unavailable ({error}); no NVIDIA driver or GPU"
-    return pynvml, None
-
-
-def nvml_handle(nvml, device: torch.device | int):
-    """The NVML handle of a torch device (matched by UUID, since NVML ignores CUDA_VISIBLE_DEVICES)."""
-    if isinstance(device, torch.device):
-        index = device.index or 0
-        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-        if uuid is not None:
-            try:
-                return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
-            except nvml.NVMLError:
-                pass
-        device = index
-    return nvml.nvmlDeviceGetHandleByIndex(device)
-
-
-def _read(call, *args):
-    """One NVML reading, or None where the device does not support it."""
-    try:
-        return call(*args)
-    except Exception:
-        return None
-
-
-def integrate_power(samples: list[tuple]) -> float | None:
-    """Energy in joules from (time, power W, ...) samples by the trapezoid rule."""
-    points = [(s[0], s[1]) for s in samples if s[1] is not None]
-    if len(points) < 2:
-        return None
-    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in itertools.pairwise(points))
-
-
-class GpuSampler:
-    """Samples one GPU every `period` seconds while the `with` block runs, appending to `csv_path`.
-
-    `nvml` is the pynvml module (or a stand-in with the same functions); by default the real one
-    is loaded. Rows reach the CSV about once a second, so a killed job keeps its samples; a resumed
-    run appends to the same file. `summary()` gives energy, power, memory and the sampler's own
-    CPU cost.
-    """
-
-    FLUSH_EVERY_S = 1.0
-
-    def __init__(self, csv_path: Path | None, device: torch.device | int = 0, period: float = 0.1, nvml=None):
-        self.csv_path, self.device, self.period = csv_path, device, period
-        if isinstance(device, torch.device) and device.type != "cuda":
-            self.nvml, self.reason = None, f"device is {device.type}, not a GPU"
-        elif nvml is not None:
-            self.nvml, self.reason = nvml, None
-        else:
-            self.nvml, self.reason = load_nvml()
-        self.samples: list[tuple] = []
-        self._written = 0
-        self.energy_start = self.energy_end = None
-        self.cpu_seconds = 0.0
-        self._stop = threading.Event()
-        self._thread = None
-
-    @property
-    def available(self) -> bool:
-        return self.nvml is not None
-
-    def sample(self) -> tuple:
-        nvml, handle = self.nvml, self.handle
-        power = _read(nvml.nvmlDeviceGetPowerUsage, handle)
-        utilization = _read(nvml.nvmlDeviceGetUtilizationRates, handle)
-        memory = _read(nvml.nvmlDeviceGetMemoryInfo, handle)
-        return (
-            time.time(),
-            None if power is None else power / 1000,
-            None if utilization is None else utilization.gpu,
-            None if memory is None else memory.used / 2**20,
-            _read(nvml.nvmlDeviceGetTemperature, handle, 0),  # NVML_TEMPERATURE_GPU
-            _read(nvml.nvmlDeviceGetClockInfo, handle, 1),  # NVML_CLOCK_SM
-        )
-
-    def _loop(self) -> None:
-        start = time.thread_time()
-        last_flush = time.monotonic()
-        while not self._stop.wait(self.period):
-            self.samples.append(self.sample())
-            if time.monotonic() - last_flush > self.FLUSH_EVERY_S:
-                self._flush()
-                last_flush = time.monotonic()
-        self.cpu_seconds = time.thread_time() - start
-
-    def _flush(self) -> None:
-        """Append the rows not yet written (the header only once)."""
-        if self.csv_path is None:
-            return
-        new = not self.csv_path.exists()
-        rows = self.samples[self._written :]
-        with open(self.csv_path, "a", newline="") as handle:
-            writer = csv.writer(handle)
-            if new:
-                writer.writerow(SAMPLE_COLUMNS)
-            for row in rows:
-                writer.writerow(["" if v is None else round(v, 3) for v in row])
-        self._written += len(rows)
-
-    def __enter__(self) -> "GpuSampler":
-        if self.available:
-            try:
-                self.handle = nvml_handle(self.nvml, self.device)
-            except Exception as error:
-                self.nvml, self.reason = None, f"no NVML handle for {self.device} ({error})"
-        if self.available:
-            self.energy_start = _read(self.nvml.nvmlDeviceGetTotalEnergyConsumption, self.handle)
-            self.samples.append(self.sample())
-            self._thread = threading.Thread(target=self._loop, name="gpu-sampler", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self.samples.append(self.sample())
-            self.energy_end = _read(self.nvml.nvmlDeviceGetTotalEnergyConsumption, self.handle)
-        self._flush()
-
-    def energy_so_far(self) -> tuple[float | None, str]:
-        """(joules since the window opened, how they were measured)."""
-        if not self.available:
-            return None, "unavailable"
-        end = self.energy_end
-        if end is None and self.energy_start is not None:
-            end = _read(self.nvml.nvmlDeviceGetTotalEnergyConsumption, self.handle)
-        if self.energy_start is not None and end is not None:
-            return (end - self.energy_start) / 1000, "total energy counter"
-        energy = integrate_power(list(self.samples))
-        return energy, "integrated power samples" if energy is not None else "unavailable"
-
-    def summary(self) -> dict:
-        if not self.available:
-            return {"available": False, "reason": self.reason}
-        samples = list(self.samples)
-        powers = [s[1] for s in samples if s[1] is not None]
-        memory = [s[3] for s in samples if s[3] is not None]
-        utilization = [s[2] for s in samples if s[2] is not None]
-        energy, method = self.energy_so_far()
-        seconds = samples[-1][0] - samples[0][0]
-        return {
-            "available": True,
-            "energy_j": energy,
-            "energy_method": method,
-            "seconds": seconds,
-            "samples": len(samples),
-            "mean_power_w": sum(powers) / len(powers) if powers else None,
-            "max_power_w": max(powers, default=None),
-            "peak_memory_used_mib": max(memory, default=None),
-            "mean_utilization_pct": sum(utilization) / len(utilization) if utilization else None,
-            "sampler_cpu_s": self.cpu_seconds,
-            "sampler_cpu_share": self.cpu_seconds / seconds if seconds > 0 else None,
-        }
-
-
-def driver_version() -> str | None:
-    nvml, _ = load_nvml()
-    if nvml is None:
-        return None
-    version = nvml.nvmlSystemGetDriverVersion()
-    return version.decode() if isinstance(version, bytes) else version
-
-
-# --- device choice -------------------------------------------------------------------------------
+# Locks this process holds; the descriptors must stay open for the locks to stay held.
+_held: list[int] = []
 
 
 @dataclass(frozen=True)
 class GpuCandidate:
-    """A visible GPU: its torch ordinal, a stable key for its lock file, and how busy it is."""
+    """A visible GPU: its torch ordinal, a stable key for its lock files, and how busy it is."""
 
     index: int
     key: str
     busy: tuple = ()
 
 
+# --- the private lock folder ---------------------------------------------------------------------
+
+
 def lock_dir() -> Path:
-    return Path(os.environ.get(LOCK_DIR_ENV, "/tmp/rdiunet-gpu-locks"))
+    """$RDIUNET_GPU_LOCK_DIR, else $XDG_RUNTIME_DIR/rdiunet-gpu-locks, else a per-user folder in
+    the temporary directory; created 0700 and checked to be the user's own."""
+    if os.environ.get(LOCK_DIR_ENV):
+        path = Path(os.environ[LOCK_DIR_ENV])
+    elif os.environ.get("XDG_RUNTIME_DIR") and Path(os.environ["XDG_RUNTIME_DIR"]).is_dir():
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "rdiunet-gpu-locks"
+    else:
+        path = Path(tempfile.gettempdir()) / f"rdiunet-gpu-locks-{os.getuid()}"
+    return private_folder(path)
 
 
-def try_lock(path: Path):
-    """An open file holding an exclusive lock on `path`, or None if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # noqa: SIM115 - kept open: closing it would release the lock
+def private_folder(path: Path) -> Path:
+    fix = f"set {LOCK_DIR_ENV} to a folder of your own"
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as error:
+        raise UserError(f"cannot use the GPU lock folder {path} ({error.strerror}); {fix}") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise UserError(f"the GPU lock folder {path} is a link or not a folder; {fix}")
+    if info.st_uid != os.getuid():
+        raise UserError(f"the GPU lock folder {path} belongs to another user (uid {info.st_uid}); {fix}")
+    if info.st_mode & 0o077:
+        raise UserError(f"the GPU lock folder {path} is open to other users; chmod 700 it, or {fix}")
+    return path
+
+
+def open_lock(path: Path) -> int:
+    """A descriptor of the lock file, created if needed; never a link, never truncated or written."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise UserError(f"cannot open the GPU lock file {path} ({error.strerror})") from None
+
+
+def try_flock(path: Path, mode: int) -> int | None:
+    """The descriptor holding `mode` (LOCK_SH or LOCK_EX) on `path`, or None if that must wait."""
+    fd = open_lock(path)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.close()
+        os.close(fd)
         return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+    return fd
+
+
+def release(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+
+
+# --- claiming ------------------------------------------------------------------------------------
+
+
+def try_train(directory: Path, key: str, slots: int) -> list[int] | None:
+    """A training job's hold on card `key`: the card shared (no benchmark on it) and a free slot."""
+    gate = try_flock(directory / f"gpu-{key}.gate", fcntl.LOCK_SH)  # a waiting benchmark closes it
+    if gate is None:
+        return None
+    card = try_flock(directory / f"gpu-{key}.card", fcntl.LOCK_SH)
+    release(gate)
+    if card is None:
+        return None
+    for slot in range(slots):
+        held = try_flock(directory / f"gpu-{key}.slot{slot}", fcntl.LOCK_EX)
+        if held is not None:
+            return [card, held]
+    release(card)
+    return None
+
+
+def try_bench(directory: Path, key: str) -> list[int] | None:
+    """A benchmark's hold on card `key`: its gate and the card, both exclusively."""
+    gate = try_flock(directory / f"gpu-{key}.gate", fcntl.LOCK_EX)
+    if gate is None:
+        return None
+    card = try_flock(directory / f"gpu-{key}.card", fcntl.LOCK_EX)
+    if card is None:
+        release(gate)
+        return None
+    return [card, gate]
 
 
 def claim_gpu(
-    candidates: list[GpuCandidate], directory: Path | None = None, wait_s: float = 3600, poll_s: float = 2.0
+    candidates: list[GpuCandidate],
+    role: str = "train",
+    slots: int = 1,
+    directory: Path | None = None,
+    wait_s: float = 7 * 24 * 3600,
+    poll_s: float = 2.0,
 ) -> GpuCandidate:
-    """Lock the least busy free candidate (the lock lives as long as this process); wait if none is free."""
-    directory = directory or lock_dir()
+    """Hold a card for this process (as long as it lives): for training, the least busy card with
+    a free slot; for a benchmark, a card to itself. Waits, saying so once, while none can be had."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    directory = private_folder(directory) if directory else lock_dir()
+    ordered = sorted(candidates, key=lambda c: (c.busy, c.index))
     deadline = time.monotonic() + wait_s
-    announced = False
+    announced, gate = False, None
     while True:
-        for candidate in sorted(candidates, key=lambda c: (c.busy, c.index)):
-            handle = try_lock(directory / f"gpu-{candidate.key}.lock")
-            if handle is not None:
-                _held_locks.append(handle)
-                return candidate
+        if role == "train":
+            for candidate in ordered:
+                held = try_train(directory, candidate.key, slots)
+                if held is not None:
+                    _held.extend(held)
+                    return candidate
+        elif gate is None:
+            for candidate in ordered:  # a card that is free right now
+                held = try_bench(directory, candidate.key)
+                if held is not None:
+                    _held.extend(held)
+                    return candidate
+            # None is: close the least busy card's gate, so that no new job starts on it while
+            # this benchmark waits for the jobs already there.
+            gate = try_flock(directory / f"gpu-{ordered[0].key}.gate", fcntl.LOCK_EX)
+        else:
+            card = try_flock(directory / f"gpu-{ordered[0].key}.card", fcntl.LOCK_EX)
+            if card is not None:
+                _held.extend([card, gate])
+                return ordered[0]
         if time.monotonic() > deadline:
+            release(gate)
             raise UserError(
-                f"all {len(candidates)} GPUs stayed claimed by other rdiunet jobs for {wait_s:.0f} s "
-                f"(locks in {directory}); run fewer jobs at once (--resources gpu=N)"
+                f"no GPU became free for this {role} job within {wait_s:.0f} s (locks in {directory}); "
+                "run fewer jobs at once (--resources gpu=N)"
             )
         if not announced:
+            what = "a card to itself" if role == "bench" else "a free training slot"
             print(
-                f"all GPUs are claimed by other jobs; waiting (locks in {directory})",
+                f"waiting for {what} (other rdiunet jobs hold the GPUs; locks in {directory})",
                 file=sys.stderr,
-                flush=True,
             )
             announced = True
         time.sleep(poll_s)
@@ -295,30 +212,75 @@ def visible_gpus() -> list[GpuCandidate]:
     return candidates
 
 
-def choose_device(spec: str = "auto") -> torch.device:
-    """`auto` (a GPU when there is one, else the CPU), `cpu`, `cuda` or `cuda:i` (pinned).
+def scheduler_assigned() -> str | None:
+    """How a scheduler gave this job its own GPU(s), or None."""
+    job, visible = os.environ.get("SLURM_JOB_ID"), os.environ.get("CUDA_VISIBLE_DEVICES")
+    if job and visible:
+        return f"Slurm job {job} was given GPU(s) {visible}"
+    return None
 
-    With `auto` or `cuda` and several visible GPUs, the job claims a free one (see the module doc).
-    """
+
+# --- no silent CPU fallback -----------------------------------------------------------------------
+
+
+def gpu_expected() -> str | None:
+    """Why this job should have a GPU though it did not ask by name, or None."""
+    if os.environ.get("SLURM_JOB_ID"):
+        for variable in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES"):
+            if os.environ.get(variable):
+                return f"this Slurm job has GPUs ({variable}={os.environ[variable]})"
+    listed = listed_gpus()
+    if listed:
+        return f"nvidia-smi lists {len(listed)} GPU(s) ({listed[0]})"
+    return None
+
+
+def driver_version() -> str | None:
+    nvml, _ = load_nvml()
+    if nvml is not None:
+        version = nvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else version
+    versions = nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader")
+    return versions[0] if versions else None
+
+
+def no_cuda(reason: str) -> UserError:
+    build = torch.version.cuda or "none: a CPU-only build"
+    return UserError(
+        f"{reason}, but torch {torch.__version__} (CUDA build: {build}) cannot use CUDA "
+        f"(NVIDIA driver: {driver_version() or 'not found'}); install the torch build for this driver "
+        "(README, 'The right wheels'), or pass --device cpu (config: device: cpu) to use the CPU on purpose"
+    )
+
+
+def choose_device(spec: str = "auto", role: str = "train", slots: int = 1) -> torch.device:
+    """`auto` (a GPU when there is one, else the CPU), `cpu`, `cuda` or `cuda:i`; a GPU is claimed
+    for this job as the module's docstring says."""
+    if spec == "cpu":
+        return torch.device("cpu")
     if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            reason = gpu_expected()
+            if reason:
+                raise no_cuda(reason)
+            return torch.device("cpu")
+        spec = "cuda"
     try:
         device = torch.device(spec)
     except RuntimeError:
         raise UserError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
     if device.type != "cuda":
         raise UserError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: no CUDA device is available here; use --device cpu or auto")
+        raise no_cuda(f"--device {spec} asks for a GPU")
     count = torch.cuda.device_count()
-    if device.index is not None:
-        if device.index >= count:
-            raise UserError(f"--device {spec}: only {count} CUDA device(s) visible")
-        return device
-    if count == 1:
-        return torch.device("cuda", 0)
-    claimed = claim_gpu(visible_gpus())
-    print(f"claimed GPU cuda:{claimed.index} ({claimed.key})", file=sys.stderr, flush=True)
+    if device.index is not None and device.index >= count:
+        raise UserError(f"--device {spec}: only {count} CUDA device(s) visible")
+    assigned = scheduler_assigned()
+    if assigned:
+        print(f"{assigned}: using it without a local claim", file=sys.stderr, flush=True)
+        return torch.device("cuda", device.index or 0)
+    candidates = [c for c in visible_gpus() if device.index is None or c.index == device.index]
+    claimed = claim_gpu(candidates, role, slots)
+    print(f"claimed GPU cuda:{claimed.index} ({claimed.key}) for {role}", file=sys.stderr, flush=True)
     return torch.device("cuda", claimed.index)

@@ -4,6 +4,11 @@ Table 1: Dice, IoU and ms per image on an A100-SXM-40GB, parameters. Table 2: st
 whose validation Dice fell by 0.05 or more) and convergence (first epoch above a threshold).
 """
 
+CITATION = (
+    "Kurosawa, Elibol, Chong. RDIU-Net: Lightweight Medical Image Segmentation Network. "
+    "2023 23rd International Conference on Control, Automation and Systems (ICCAS 2023)."
+)
+
 TABLE1 = {
     # (dataset, model): dice, iou, ms per image
     ("nerve", "unet"): {"dice": 0.702, "iou": 0.571, "ms": 32.8},

@@ -105,14 +105,17 @@ def make_runtime(
     channels_last: bool | None = None,
     deterministic: bool = False,
     threads: int | None = None,
+    role: str = "train",
+    gpu_slots: int = 1,
 ) -> Runtime:
-    """Choose (and claim) the device and set torch up. `channels_last` None means on a GPU; with
-    `deterministic`, only deterministic algorithms run and cuDNN does not autotune."""
+    """Choose (and claim, as `role` with `gpu_slots` trainings per card: rdiunet.gpu) the device
+    and set torch up. `channels_last` None means on a GPU; with `deterministic`, only
+    deterministic algorithms run and cuDNN does not autotune."""
     if threads:
         torch.set_num_threads(threads)
     if deterministic:
         set_deterministic()
-    chosen = choose_device(device)
+    chosen = choose_device(device, role, gpu_slots)
     cuda = chosen.type == "cuda"
     if cuda:
         # CUDA events, synchronize and new tensors use the current device: make it this one.
@@ -130,4 +133,5 @@ def training_runtime(settings) -> Runtime:
         precision=settings.precision,
         deterministic=settings.deterministic,
         threads=settings.threads,
+        gpu_slots=settings.gpu_slots,
     )

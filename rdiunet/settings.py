@@ -50,6 +50,7 @@ class TrainSettings:
     deterministic: bool = False
     compile: bool = False
     threads: int | None = None  # CPU threads; None: torch's default
+    gpu_slots: int = 1  # training jobs that may share one card (rdiunet.gpu)
     model_options: dict = field(default_factory=dict)
     checkpoint: str = "best_dice"  # whose test metrics metrics.json shows first (all three are kept)
 
@@ -60,6 +61,7 @@ class TrainSettings:
         at_least("--seed", self.seed, 0)
         if self.threads is not None:
             at_least("--threads", self.threads, 1)
+        at_least("--gpu-slots", self.gpu_slots, 1)
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a finite number above 0, got {self.lr}")
         one_of("--precision", self.precision, PRECISION_CHOICES)
@@ -67,7 +69,7 @@ class TrainSettings:
 
     def identity(self, data_sha256: str, precision: str) -> dict:
         """What every checkpoint of the run records and must agree on to be resumed or evaluated
-        (epochs may grow; device and threads may change). `precision` is the one in use (auto
+        (epochs may grow; device, threads and gpu_slots may change). `precision` is the one in use (auto
         resolved): a run continued in another precision would be neither."""
         return {
             "model": self.model,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rdiunet.gpu import GpuSampler
+from rdiunet.nvml import GpuSampler
 from rdiunet.runtime import Runtime
 
 INPUT_POOL = 8

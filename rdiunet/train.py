@@ -27,9 +27,9 @@ from rdiunet.data.dataset import Prepared, Split, batches, open_prepared
 from rdiunet.errors import UserError
 from rdiunet.evaluation import evaluate_run, run_split, with_headline
 from rdiunet.fileio import atomic_path, write_json
-from rdiunet.gpu import GpuSampler
 from rdiunet.metrics import dice_from_counts, iou_from_counts, soft_dice
 from rdiunet.models import build
+from rdiunet.nvml import GpuSampler
 from rdiunet.provenance import environment, now
 from rdiunet.runfolder import RunFolder
 from rdiunet.runtime import planned_device_type, resolve_precision, training_runtime

@@ -126,9 +126,15 @@ def copy_workflow(target: Path) -> Path:
     return target
 
 
-def snakemake(cwd: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def snakemake(
+    cwd: Path, *args: str, timeout: float = 900, path: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Snakemake in `cwd`; `path`: a folder searched first for commands (stand-ins), or the only
+    one besides the interpreter's if it does not exist (no nvidia-smi, for one)."""
     # Jobs call `python -m rdiunet.cli`: the test's interpreter must come first on PATH.
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    rest = [str(path)] if path is not None and path.exists() else []
+    rest += [os.environ["PATH"]] if path is None or path.exists() else ["/usr/bin:/bin"]
+    env = {**os.environ, "PATH": os.pathsep.join([str(BIN), *rest])}
     return subprocess.run(
         [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -1,8 +1,11 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import REPO, assert_one_line_error, run_cli
 from torch import nn
 
 from rdiunet.bench import count_flops, count_parameters
@@ -160,3 +163,32 @@ def test_graphed_protocol_and_precisions_on_a_gpu(tmp_path):
     assert report["protocols"]["graphed_b1"]["measured"], report["protocols"]["graphed_b1"]
     assert all(report["precisions"][p]["measured"] for p in ("tf32", "fp32", "bf16"))
     assert report["settings"]["tf32_applies"] is True
+
+
+# --- the GPU acceptance script, as a CPU smoke test ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_acceptance_script_runs_on_a_cpu_with_its_gpu_parts_marked_skipped(tmp_path):
+    script = REPO / "benchmarks" / "gpu_check.sh"
+    result = subprocess.run(
+        ["bash", str(script), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (report_file,) = (tmp_path / "out").glob("gpu_check-*.json")
+    report = json.loads(report_file.read_text())
+    if report["cuda"]:
+        pytest.skip("a CUDA device is here: the script measured (docs/benchmarks.md)")
+    assert set(report["steps"]) == {"bench", "train", "slots"}
+    assert all(step["status"].startswith("skipped (no CUDA device)") for step in report["steps"].values())
+    bench_rows = report["steps"]["bench"]["rows"]
+    assert {(row["model"], row["layout"]) for row in bench_rows} == {
+        (model, layout) for model in ("unet", "rdiunet") for layout in ("nchw", "channels_last")
+    }
+    assert all(row["settings"]["channels_last"] == (row["layout"] == "channels_last") for row in bench_rows)
+    trains = report["steps"]["train"]["rows"]
+    assert [row["model"] for row in trains] == ["unet", "rdiunet"]
+    assert all(row["gpu"] == {"available": False, "reason": "device is cpu, not a GPU"} for row in trains)
+    assert [row["gpu_slots"] for row in report["steps"]["slots"]["rows"]] == [1, 2]
+    assert "GPU check on no GPU (CPU smoke test)" in result.stdout and "runs/hour" in result.stdout

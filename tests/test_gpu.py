@@ -1,17 +1,24 @@
 import csv
 import os
+import queue
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 
 from rdiunet import gpu
-from rdiunet.gpu import GpuCandidate, GpuSampler, claim_gpu, load_nvml
+from rdiunet import nvml as nvml_module
+from rdiunet.errors import UserError
+from rdiunet.gpu import GpuCandidate, claim_gpu
+from rdiunet.nvml import GpuSampler, load_nvml
 
 
 class FakeNVMLError(Exception):
@@ -140,74 +147,343 @@ def test_real_nvml_on_a_gpu(tmp_path):
     assert summary["available"] and summary["energy_j"] > 0 and summary["max_power_w"] > 0
 
 
-# --- claiming a GPU across processes ----------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_sampled_card_is_the_torch_device():
+    # A wrong card must not pass: NVML's handle is looked up by the UUID torch gives.
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    with GpuSampler(None, device, period=0.05) as sampler:
+        pass
+    assert sampler.available, sampler.reason
+    assert sampler.uuid().split("-", 1)[1] == str(torch.cuda.get_device_properties(device).uuid)
+
+
+# --- finding the card in NVML (stand-ins: no GPU here) ------------------------------------------
+
+
+class UuidNVML(StandInNVML):
+    """A stand-in NVML that knows its devices by UUID only, with MIG slices and instant power."""
+
+    NVML_FI_DEV_POWER_INSTANT = 186
+
+    def __init__(self, uuids, mig_parent=None, instant=True, **kwargs):
+        super().__init__(**kwargs)
+        self.uuids, self.mig_parent, self.instant = uuids, mig_parent, instant
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid not in self.uuids:
+            raise FakeNVMLError("Not Found")
+        return uuid
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        raise AssertionError("the card must never be found by index")
+
+    def nvmlDeviceGetUUID(self, handle):
+        return handle
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle):
+        return handle.startswith("MIG-")
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle):
+        return self.mig_parent
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if handle.startswith("MIG-"):
+            raise FakeNVMLError("Not Supported on a MIG slice")
+        return super().nvmlDeviceGetTotalEnergyConsumption(handle)
+
+    def nvmlDeviceGetFieldValues(self, handle, fields):
+        assert fields == [self.NVML_FI_DEV_POWER_INSTANT] and not handle.startswith("MIG-")
+        value = SimpleNamespace(uiVal=int(self.watts * 1000) + 7)  # tell it from the average
+        return [SimpleNamespace(nvmlReturn=0 if self.instant else 3, value=value)]
+
+
+def pretend_torch_uuid(monkeypatch, uuid):
+    monkeypatch.setattr(nvml_module, "torch_uuid", lambda device: uuid)
+
+
+def test_a_card_is_found_by_its_uuid_and_power_is_the_instant_field(monkeypatch):
+    pretend_torch_uuid(monkeypatch, "1234")
+    nvml = UuidNVML({"GPU-1234"}, watts=200)
+    with GpuSampler(None, torch.device("cuda", 0), period=0.02, nvml=nvml) as sampler:
+        time.sleep(0.1)
+    summary = sampler.summary()
+    assert summary["device_uuid"] == "GPU-1234"
+    assert summary["power_source"] == "NVML_FI_DEV_POWER_INSTANT"
+    assert summary["max_power_w"] == pytest.approx(200.007)
+    assert summary["energy_method"] == "total energy counter"
+
+
+def test_without_the_instant_field_the_averaged_power_is_read_and_said(monkeypatch):
+    pretend_torch_uuid(monkeypatch, "1234")
+    nvml = UuidNVML({"GPU-1234"}, watts=200, instant=False)
+    with GpuSampler(None, torch.device("cuda", 0), period=0.02, nvml=nvml) as sampler:
+        time.sleep(0.05)
+    summary = sampler.summary()
+    assert summary["power_source"] == "nvmlDeviceGetPowerUsage" and summary["max_power_w"] == 200
+
+
+def test_a_mig_slice_is_found_and_energy_is_its_parent_cards(monkeypatch):
+    pretend_torch_uuid(monkeypatch, "abcd")
+    nvml = UuidNVML({"MIG-abcd", "GPU-parent"}, mig_parent="GPU-parent", watts=100)
+    with GpuSampler(None, torch.device("cuda", 0), period=0.02, nvml=nvml) as sampler:
+        time.sleep(0.1)
+    summary = sampler.summary()
+    assert summary["device_uuid"] == "MIG-abcd"
+    assert summary["energy_method"] == "total energy counter" and summary["energy_j"] > 0
+
+
+def test_an_unknown_uuid_is_not_sampled_rather_than_guessed_by_index(monkeypatch):
+    pretend_torch_uuid(monkeypatch, "elsewhere")
+    with GpuSampler(None, torch.device("cuda", 0), nvml=UuidNVML({"GPU-1234"})) as sampler:
+        pass
+    summary = sampler.summary()
+    assert not summary["available"] and "NVML knows no device with the UUID elsewhere" in summary["reason"]
+
+
+# --- claiming a card across processes ------------------------------------------------------------
 
 CLAIMER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
     from rdiunet.gpu import GpuCandidate, claim_gpu
-    candidates = [GpuCandidate(i, f"fake{i}", (busy,)) for i, busy in enumerate([30, 10, 20])]
-    claimed = claim_gpu(candidates, Path(sys.argv[1]), wait_s=60, poll_s=0.05)
+    directory, role, slots, keys = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
+    candidates = [GpuCandidate(i, key, (i,)) for i, key in enumerate(keys)]
+    print("ready", flush=True)  # imports done: from here on, any delay is the claim's
+    claimed = claim_gpu(candidates, role, slots, Path(directory), wait_s=120, poll_s=0.05)
     print(claimed.key, flush=True)
-    time.sleep(60)
+    time.sleep(120)
     """
 )
 
 
-def start_claimer(lock_dir):
-    return subprocess.Popen([sys.executable, "-c", CLAIMER, str(lock_dir)], stdout=subprocess.PIPE, text=True)
+class Claimers:
+    """Real processes claiming fake cards; their lines are read as they come, and they are killed
+    at the end of the test."""
 
+    def __init__(self, directory):
+        self.directory, self.processes, self.lines = directory, [], {}
 
-def test_concurrent_jobs_claim_different_gpus_and_a_killed_job_frees_its_own(tmp_path):
-    holders = [start_claimer(tmp_path) for _ in range(3)]
-    try:
-        claimed = [p.stdout.readline().strip() for p in holders]
-        assert sorted(claimed) == ["fake0", "fake1", "fake2"]
-        waiting = start_claimer(tmp_path)  # all three are taken: this one must wait
-        time.sleep(0.5)
-        assert waiting.poll() is None
-        victim = holders[claimed.index("fake2")]
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        assert waiting.stdout.readline().strip() == "fake2"  # the dead job's lock is gone
-        holders.append(waiting)
-    finally:
-        for process in holders:
+    def start(self, role="train", slots=1, keys="card0"):
+        process = subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, str(self.directory), role, str(slots), keys],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.processes.append(process)
+        self.lines[process] = lines = queue.Queue()
+        threading.Thread(target=self.read, args=(process, lines), daemon=True).start()
+        assert self.next_line(process, 60) == "ready"
+        return process
+
+    @staticmethod
+    def read(process, lines):
+        for line in process.stdout:
+            if not line.startswith("waiting for"):  # the one notice a waiting job prints
+                lines.put(line.strip())
+
+    def next_line(self, process, timeout):
+        try:
+            return self.lines[process].get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def holding(self, process, timeout=30) -> str:
+        """The card `process` claimed (waits until it has)."""
+        line = self.next_line(process, timeout)
+        assert line, f"no claim within {timeout} s"
+        return line
+
+    def waiting(self, process, seconds=1.0) -> bool:
+        """True if `process` claims nothing within `seconds` (it polls every 0.05 s)."""
+        line = self.next_line(process, seconds)
+        if line is not None:
+            self.lines[process].queue.appendleft(line)  # for holding() to read
+        return line is None and process.poll() is None
+
+    def end(self, process):
+        process.send_signal(signal.SIGKILL)  # the kernel drops its locks, however it ends
+        process.wait()
+
+    def close(self):
+        for process in self.processes:
             process.kill()
             process.wait()
 
 
-def test_least_busy_free_gpu_is_chosen_first(tmp_path):
+@pytest.fixture
+def claimers(tmp_path):
+    group = Claimers(tmp_path / "locks")
+    yield group
+    group.close()
+
+
+def test_two_trainings_on_one_card_wait_for_each_other(claimers):
+    first = claimers.start()
+    assert claimers.holding(first) == "card0"
+    second = claimers.start()
+    assert claimers.waiting(second)
+    claimers.end(first)
+    assert claimers.holding(second) == "card0"
+
+
+@pytest.mark.slow  # real processes, a few seconds each
+def test_gpu_slots_two_lets_exactly_two_trainings_share_a_card(claimers):
+    first, second = claimers.start(slots=2), claimers.start(slots=2)
+    assert claimers.holding(first) == claimers.holding(second) == "card0"
+    third = claimers.start(slots=2)
+    assert claimers.waiting(third)
+    claimers.end(second)
+    assert claimers.holding(third) == "card0"
+
+
+@pytest.mark.slow  # real processes, a few seconds each
+def test_a_benchmark_waits_for_training_and_closes_the_card_to_new_jobs(claimers):
+    training = claimers.start(slots=2)
+    assert claimers.holding(training) == "card0"
+    bench = claimers.start(role="bench")
+    assert claimers.waiting(bench)
+    # A free slot is left, but the waiting benchmark has closed the card: no new training starts.
+    late = claimers.start(slots=2)
+    assert claimers.waiting(late)
+    claimers.end(training)
+    assert claimers.holding(bench) == "card0"
+    assert claimers.waiting(late)
+    claimers.end(bench)
+    assert claimers.holding(late) == "card0"
+
+
+@pytest.mark.slow  # real processes, a few seconds each
+def test_a_training_waits_for_a_benchmark_and_a_benchmark_for_another(claimers):
+    bench = claimers.start(role="bench")
+    assert claimers.holding(bench) == "card0"
+    training, other_bench = claimers.start(), claimers.start(role="bench")
+    assert claimers.waiting(training) and claimers.waiting(other_bench)
+    claimers.end(bench)
+    # Exactly one of them gets the card; the other goes on waiting.
+    got = [p for p in (training, other_bench) if not claimers.waiting(p, 3)]
+    assert len(got) == 1 and claimers.holding(got[0]) == "card0"
+
+
+@pytest.mark.slow  # real processes, a few seconds each
+def test_a_benchmark_takes_a_free_card_when_another_is_busy(claimers):
+    training = claimers.start(keys="card0,card1")
+    assert claimers.holding(training) == "card0"  # least busy first
+    bench = claimers.start(role="bench", keys="card0,card1")
+    assert claimers.holding(bench) == "card1"
+
+
+def test_least_busy_free_card_is_chosen_first(tmp_path):
     candidates = [GpuCandidate(0, "a", (50, 0)), GpuCandidate(1, "b", (5, 0)), GpuCandidate(2, "c", (20, 0))]
-    first = claim_gpu(candidates, tmp_path)
-    second = claim_gpu(candidates, tmp_path)
-    assert (first.key, second.key) == ("b", "c")
-    # Both locks are held by this very process: another process sees only "a" free.
-    code = f"""
-from pathlib import Path
-from rdiunet.gpu import GpuCandidate, claim_gpu
-print(claim_gpu({candidates!r}, Path({str(tmp_path)!r}), wait_s=0).key)
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "a", result.stderr
+    first = claim_gpu(candidates, directory=tmp_path)
+    second = claim_gpu(candidates, directory=tmp_path)
+    assert (first.key, second.key) == ("b", "c")  # locks are per open file: this process holds two
 
 
-def test_no_free_gpu_within_the_wait_is_a_clear_error(tmp_path):
-    candidates = [GpuCandidate(0, "only")]
-    claim_gpu(candidates, tmp_path)
-    code = f"""
-from pathlib import Path
-from rdiunet.gpu import GpuCandidate, claim_gpu
-claim_gpu([GpuCandidate(0, "only")], Path({str(tmp_path)!r}), wait_s=0.2, poll_s=0.05)
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0 and "stayed claimed by other rdiunet jobs" in result.stderr
+def test_no_card_free_within_the_wait_is_one_line(tmp_path, claimers):
+    holder = claimers.start(keys="only")
+    assert claimers.holding(holder) == "only"
+    with pytest.raises(UserError, match="no GPU became free for this bench job within 0 s"):
+        claim_gpu([GpuCandidate(0, "only")], "bench", directory=claimers.directory, wait_s=0.2, poll_s=0.05)
 
 
-def test_pinned_devices_and_the_cpu_claim_nothing(monkeypatch, tmp_path):
-    monkeypatch.setenv(gpu.LOCK_DIR_ENV, str(tmp_path))
+# --- the private lock folder ---------------------------------------------------------------------
+
+
+def test_the_lock_folder_is_private_and_the_users_own(monkeypatch, tmp_path):
+    monkeypatch.delenv(gpu.LOCK_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    folder = gpu.lock_dir()
+    assert folder == tmp_path / "rdiunet-gpu-locks"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+
+
+def test_a_planted_symlink_is_never_followed_or_written(tmp_path):
+    locks = gpu.private_folder(tmp_path / "locks")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (locks / "gpu-card0.gate").symlink_to(victim)
+    with pytest.raises(UserError, match=r"cannot open the GPU lock file .*gpu-card0.gate"):
+        claim_gpu([GpuCandidate(0, "card0")], directory=locks, wait_s=0)
+    assert victim.read_text() == "precious"
+
+
+def test_an_existing_lock_file_is_not_truncated(tmp_path):
+    locks = gpu.private_folder(tmp_path / "locks")
+    (locks / "gpu-card0.card").write_text("left by someone")
+    claim_gpu([GpuCandidate(0, "card0")], directory=locks, wait_s=0)
+    assert (locks / "gpu-card0.card").read_text() == "left by someone"
+
+
+@pytest.mark.parametrize(
+    "problem, says",
+    [("link", "is a link or not a folder"), ("open", "is open to other users; chmod 700 it"), ("file", "")],
+)
+def test_an_unusable_lock_folder_is_one_line(problem, says, tmp_path):
+    folder = tmp_path / "locks"
+    if problem == "link":
+        (tmp_path / "elsewhere").mkdir()
+        folder.symlink_to(tmp_path / "elsewhere")
+    elif problem == "open":
+        folder.mkdir()
+        folder.chmod(0o777)
+    else:
+        folder.write_text("")
+    with pytest.raises(UserError, match=f"GPU lock folder {folder}") as error:
+        gpu.private_folder(folder)
+    assert says in str(error.value) and gpu.LOCK_DIR_ENV in str(error.value)
+
+
+# --- never a silent CPU fallback (only where torch cannot use CUDA) -----------------------------
+
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="torch can use CUDA here")
+
+
+@needs_no_cuda
+def test_asking_for_cuda_without_cuda_names_torch_the_driver_and_the_fix():
+    with pytest.raises(UserError) as error:
+        gpu.choose_device("cuda")
+    message = str(error.value)
+    assert f"torch {torch.__version__}" in message and "CUDA build:" in message
+    assert "NVIDIA driver: not found" in message and "--device cpu" in message
+
+
+@needs_no_cuda
+def test_auto_in_a_slurm_gpu_job_without_cuda_stops_in_one_line():
+    env = {**os.environ, "SLURM_JOB_ID": "42", "SLURM_JOB_GPUS": "0", "CUDA_VISIBLE_DEVICES": "0"}
+    result = run_cli(
+        "bench", "--model", "unet", "--size", "64", "--out", "x.json", "--device", "auto", env=env
+    )
+    assert_one_line_error(result, "this Slurm job has GPUs (SLURM_JOB_GPUS=0)", "cannot use CUDA")
+
+
+@needs_no_cuda
+def test_auto_where_nvidia_smi_lists_a_gpu_stops_instead_of_training_on_the_cpu(monkeypatch, tmp_path):
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1234)"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(UserError, match=r"nvidia-smi lists 1 GPU\(s\) \(GPU 0: NVIDIA H100"):
+        gpu.choose_device("auto")
+
+
+@needs_no_cuda
+def test_auto_without_any_gpu_is_the_cpu_and_claims_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv(gpu.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert gpu.choose_device("auto") == torch.device("cpu")
     assert gpu.choose_device("cpu") == torch.device("cpu")
-    if not torch.cuda.is_available():
-        assert gpu.choose_device("auto") == torch.device("cpu")
-    assert not os.listdir(tmp_path)
+    assert not (tmp_path / "locks").exists()
+
+
+def test_a_card_a_scheduler_gave_the_job_is_used_without_a_claim(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert gpu.scheduler_assigned() == "Slurm job 7 was given GPU(s) 3"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu.scheduler_assigned() is None  # a Slurm job without a GPU of its own still claims

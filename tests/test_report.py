@@ -278,6 +278,28 @@ def test_html_escapes_hostile_configuration_text(tmp_path):
     assert "Synthetic data." in page
 
 
+def test_report_cites_the_paper_and_states_the_terms_of_the_data_it_used(tmp_path):
+    write_tree(tmp_path)
+    out = tmp_path / "reports" / "report.html"
+    assert report_cli(tmp_path, CONFIG, out).returncode == 0
+    page = out.read_text()
+    assert "RDIU-Net: Lightweight Medical Image Segmentation Network" in page and "ICCAS 2023" in page
+    section = page.split('id="data-terms"', 1)[1].split("<h2", 1)[0]
+    # The hand-made tree uses jsrt and isic: their terms, and nothing about the unused nerve set.
+    assert "CC BY-NC 4.0" in section and "HAM10000" in section
+    assert "JSRT terms of use" in section and "Shiraishi" in section
+    assert "Kaggle" not in section
+
+
+def test_docs_state_every_registered_sources_licence_and_url():
+    from rdiunet.data import sources
+
+    data_md = (REPO / "docs" / "data.md").read_text()
+    for name in sources.names():
+        terms = sources.get(name).terms
+        assert terms.licence in data_md and terms.url in data_md, name
+
+
 def chromium_paths():
     return shutil.which("chromium"), shutil.which("chromedriver")
 

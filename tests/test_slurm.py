@@ -10,12 +10,14 @@ import subprocess
 import time
 
 import pytest
+import yaml
 from conftest import BIN, copy_workflow, snakemake
 from slurm import cluster
 
 pytestmark = pytest.mark.slow
 
 DEMO_CONFIG = ("--configfile", "profiles/demo/demo.yaml")
+FAKE_GPU = ("--workflow-profile", "profiles/fakegpu")
 # Test-cluster overrides: no slurmdbd, so squeue reports job states (MinJobAge keeps them), and
 # short polling intervals keep the test fast.
 TEST_CLUSTER = (
@@ -42,7 +44,15 @@ def slurm_cluster():
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
-    return copy_workflow(tmp_path_factory.mktemp("slurm-workflow"))
+    """The workflow, with a copy of its workflow profile that asks for the cluster's (fake) GPU
+    although the demo config trains on the CPU, as the paper config's `device: auto` would."""
+    folder = copy_workflow(tmp_path_factory.mktemp("slurm-workflow"))
+    profile = yaml.safe_load((folder / "profiles" / "default" / "config.yaml").read_text())
+    for rule in ("train", "bench"):
+        profile["set-resources"][rule]["gpu"] = 1
+    (folder / "profiles" / "fakegpu").mkdir()
+    (folder / "profiles" / "fakegpu" / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
 
 
 def slurm_jobs() -> dict[str, dict]:
@@ -73,7 +83,7 @@ def test_training_runs_as_slurm_jobs_with_a_gpu(slurm_cluster, workflow):
         "results/jsrt/unet/bench.json",
     ]
     result = snakemake(
-        workflow, "--profile", "profiles/slurm", *DEMO_CONFIG, *TEST_CLUSTER, "--verbose", *targets
+        workflow, "--profile", "profiles/slurm", *FAKE_GPU, *DEMO_CONFIG, *TEST_CLUSTER, "--verbose", *targets
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     print(f"slurm workflow: {time.monotonic() - started:.0f} s")
@@ -110,7 +120,7 @@ def test_cancelled_training_job_resumes_from_its_checkpoint(slurm_cluster, workf
     (workflow / "longer.yaml").write_text("datasets:\n  jsrt:\n    epochs: 40\n")
     target = "results/jsrt/rdiunet/seed1/metrics.json"
     run = workflow / "demo" / "results" / "jsrt" / "rdiunet" / "seed1"
-    command = ["--profile", "profiles/slurm", *DEMO_CONFIG, "longer.yaml", *TEST_CLUSTER, target]
+    command = ["--profile", "profiles/slurm", *FAKE_GPU, *DEMO_CONFIG, "longer.yaml", *TEST_CLUSTER, target]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     process = subprocess.Popen(
         [str(BIN / "snakemake"), *command],

@@ -1,19 +1,14 @@
 import re
 import shutil
+import tomllib
 import zipfile
 from dataclasses import fields
 
 import numpy as np
 import pytest
 import yaml
-from packaging.requirements import Requirement
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 from conftest import REPO, copy_workflow, snakemake  # noqa: E402
+from packaging.requirements import Requirement
 from snakemake.utils import validate
 from snakemake_interface_common.exceptions import WorkflowError
 
@@ -59,6 +54,68 @@ def test_lint_is_clean():
 
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def rule_resources(output: str) -> dict[str, set[str]]:
+    """A dry run's resources per rule: rule -> the distinct `resources:` lines of its jobs."""
+    found: dict[str, set[str]] = {}
+    for block in re.split(r"^rule ", output, flags=re.MULTILINE)[1:]:
+        rule = block.split(":", 1)[0]
+        line = re.search(r"^\s+resources: (.*)$", block, re.MULTILINE)
+        found.setdefault(rule, set()).add(line.group(1) if line else "")
+    return found
+
+
+def fake_nvidia_smi(folder, cards: int):
+    """A stand-in nvidia-smi listing `cards` GPUs: the workflow counts them (no GPU here)."""
+    folder.mkdir(exist_ok=True)
+    lines = "".join(f'echo "GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:04d})"\n' for i in range(cards))
+    (folder / "nvidia-smi").write_text(f"#!/bin/sh\n{lines}")
+    (folder / "nvidia-smi").chmod(0o755)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_workstation_run_is_limited_to_its_gpus_times_the_training_slots(tmp_path):
+    folder = copy_workflow(tmp_path / "workflow")
+    (folder / "slots.yaml").write_text("training: {gpu_slots: 2}\n")
+    bin_folder = fake_nvidia_smi(tmp_path / "bin", cards=2)
+    result = snakemake(folder, "-n", "--cores", "4", "--configfile", "slots.yaml", path=bin_folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    # The README's one command, as typed: the workflow profile makes killed jobs rerun.
+    assert "workflow specific profile profiles/default" in output
+    assert "GPU limit 4: 2 GPU(s) here x 2 training slot(s) each" in output
+    resources = rule_resources(output)
+    assert all(line.startswith("tmpdir=/tmp, gpu=1,") for line in resources["train"]), resources["train"]
+    assert all(line.startswith("tmpdir=/tmp, gpu=2,") for line in resources["bench"])  # a whole card
+    # A limit given on the command line is the user's: nothing is counted.
+    result = snakemake(folder, "-n", "--cores", "4", "--resources", "gpu=1", path=bin_folder)
+    assert result.returncode == 0 and "GPU limit" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_machine_without_gpus_or_a_cpu_config_asks_for_none(tmp_path):
+    folder = copy_workflow(tmp_path / "workflow")
+    result = snakemake(folder, "-n", "--cores", "4", path=tmp_path / "no-nvidia-smi-here")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resources = rule_resources(result.stdout)
+    assert all("gpu=0" in line for rule in ("train", "bench") for line in resources[rule])
+
+
+@pytest.mark.slow
+def test_slurm_profile_dry_run_asks_each_gpu_job_for_one_gpu(tmp_path, monkeypatch):
+    folder = copy_workflow(tmp_path / "workflow")
+    monkeypatch.setenv("RDIUNET_SLURM_PARTITION", "gpu-long")
+    result = snakemake(folder, "-n", "--profile", "profiles/slurm")  # no conda on this machine
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in result.stderr
+    resources = rule_resources(result.stdout)
+    for rule in ("train", "bench"):
+        assert all("gpu=1" in line and "slurm_partition=gpu-long" in line for line in resources[rule])
+    assert {line.split("runtime=")[1].split(",")[0] for line in resources["train"]} == {"360", "480"}
+    assert all("slurm_extra=--signal=TERM@120" in line for line in resources["train"])
+    assert all("gpu=" not in line for line in resources["prepare"])
 
 
 def paper_config() -> dict:
@@ -159,14 +216,21 @@ def test_conda_envs_are_pinned_and_agree_with_pyproject():
     for env_file in sorted((REPO / "envs").glob("*.yaml")):
         env = yaml.safe_load(env_file.read_text())
         pips = [d for d in env["dependencies"] if isinstance(d, dict)][0]["pip"]
-        for line in pips:
+        indexes = [line.split()[1] for line in pips if line.startswith("--extra-index-url ")]
+        for line in (line for line in pips if not line.startswith("--")):
             requirement = Requirement(line)
             assert str(requirement.specifier).startswith("=="), f"{env_file.name}: {line} is not pinned"
             version = str(requirement.specifier)[2:]
+            if requirement.name == "torch":
+                # A build chosen on purpose: a local label (+cu130, +cpu) from PyTorch's own index.
+                build = version.partition("+")[2]
+                assert build and indexes == [f"https://download.pytorch.org/whl/{build}"], line
+                assert (build == "cpu") == (env_file.name != "train.yaml"), f"{env_file.name}: {line}"
             name = requirement.name.lower()
             assert name in declared, f"{env_file.name}: {name} is not a dependency in pyproject.toml"
             assert declared[name].specifier.contains(version), f"{env_file.name}: {line} vs {declared[name]}"
-            assert pinned.setdefault(name, version) == version, f"{name} pinned to two versions"
+            release = version.partition("+")[0]  # one release everywhere, whatever the build
+            assert pinned.setdefault(name, release) == release, f"{name} pinned to two versions"
     # Every runtime dependency is in some environment, except the workflow engine itself.
     outside = {"snakemake", "snakemake-executor-plugin-slurm"}
     assert set(declared) - outside <= set(pinned)

@@ -235,8 +235,8 @@ def fetch_kaggle_competition(competition: str, target: Path, api_factory=kaggle_
         if status == 403:
             raise UserError(
                 f"Kaggle refused the download (HTTP 403): accept the competition rules at "
-                f"https://www.kaggle.com/competitions/{competition}/rules while logged in, "
-                "then run again"
+                f"https://www.kaggle.com/competitions/{competition}/rules while logged in (Kaggle "
+                "asks for a verified phone number first: Settings, Phone verification), then run again"
             ) from None
         if status == 401:
             raise UserError(f"Kaggle rejected the credentials (HTTP 401). {CREDENTIALS_HELP}") from None

@@ -21,7 +21,7 @@ import math
 import multiprocessing
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -224,7 +224,7 @@ def prepare(
                 "official": sorted({SPLITS[p.official] for p in pairs if p.official is not None}),
             },
             "raw": raw_entries,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "rdiunet_version": __version__,
         }
         with atomic_paths(out, summary_path) as (npz_tmp, summary_tmp):

@@ -54,6 +54,18 @@ def match_pairs(images: dict[str, Member], masks: dict[str, Member], what: str) 
 
 
 @dataclass(frozen=True)
+class Terms:
+    """Where a dataset comes from and on what terms it may be used (the report and docs/data.md
+    state them; CITATION.cff lists the works to cite)."""
+
+    title: str
+    url: str
+    licence: str
+    terms: str
+    cite: str
+
+
+@dataclass(frozen=True)
 class Source:
     """One dataset: its facts and the functions that fetch, read and synthesise it."""
 
@@ -65,4 +77,5 @@ class Source:
     archives: Callable[[Path], list[Path]]  # raw folder -> the archives prepare reads
     pairs: Callable[[Path, Path], list[Pair]]  # (raw folder, work folder) -> image/mask pairs
     synthesize: Callable[..., list[Path]]  # (out, n, seed, **options) -> the archives written
+    terms: Terms  # source, licence and terms of use
     official_splits: bool = False  # offers official validation and test archives to fetch

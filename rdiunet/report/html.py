@@ -4,11 +4,13 @@ import base64
 import csv
 import json
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from rdiunet import paper
+from rdiunet.data import sources
 from rdiunet.fileio import atomic_path, read_json
 from rdiunet.provenance import now
 from rdiunet.readings import CHECKPOINTS, CURVES, PRECISION_READINGS, PRECISIONS, PROTOCOLS
@@ -92,6 +94,12 @@ def provenance(results: Path, data: Path, collection: Collection, study: Study) 
     }
 
 
+def data_terms(study: Study) -> list[dict]:
+    """Source, licence and terms of every dataset source the report's runs use."""
+    used = sorted({study.plan.source(dataset) for dataset in study.datasets})
+    return [{"name": name, **asdict(sources.get(name).terms)} for name in used]
+
+
 def render(page: dict) -> str:
     environment = Environment(
         loader=PackageLoader("rdiunet.report", "templates"), autoescape=select_autoescape(["html", "j2"])
@@ -140,6 +148,8 @@ def report_command(results: Path, data: Path, figures: Path, timing: Path, confi
         "provenance": provenance(results, data, collection, study),
         "times": rule_times(timing),
         "paper_hardware": paper.HARDWARE,
+        "paper_citation": paper.CITATION,
+        "data_terms": data_terms(study),
         "created": now(),
         "seeds": len(study.seeds),
     }

@@ -12,7 +12,7 @@ rule bench:
         "../../envs/train.yaml"
     threads: config["bench"]["threads"]
     resources:
-        gpu=1,
+        gpu=gpu_need("bench", whole_card=True),
     params:
         model=base_model,
         flags=bench_flags,

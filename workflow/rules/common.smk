@@ -4,12 +4,14 @@ import os
 import shlex
 import sys
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 # The workflow reads a few dependency-free facts from the package (figure kinds, the readings'
 # plan); the checkout is importable whatever environment Snakemake itself runs in.
 sys.path.insert(0, workflow.basedir)
 
+from rdiunet.nvidia_smi import local_gpu_count
 from rdiunet.readings import WORKFLOW_KEYS, ConfigError, resolve
 
 
@@ -40,6 +42,33 @@ shell.prefix(
     f"set -euo pipefail; "
     f"export PYTHONPATH={shlex.quote(str(workflow.basedir))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
+
+
+# GPUs. Snakemake counts `gpu` against a limit only when one is set, so on a workstation (local
+# execution, no --resources gpu=N given) the limit is this machine's GPUs times gpu_slots: a
+# training takes one slot, a benchmark a whole card's worth. The jobs also claim their card
+# themselves (rdiunet/gpu.py), which decides which card. Cluster jobs each ask for one GPU.
+# Cluster runs are told apart as Snakemake itself does: they have a job count (`nodes`), also in
+# a dry run, where the executor is replaced.
+GPU_SLOTS = config["training"]["gpu_slots"]
+ON_CLUSTER = workflow.nodes is not None or not workflow.local_exec
+LOCAL_GPUS = None
+if not (ON_CLUSTER or workflow.remote_exec or workflow.subprocess_exec):
+    if "gpu" not in workflow.global_resources:
+        LOCAL_GPUS = local_gpu_count()
+        workflow.register_resource("gpu", LOCAL_GPUS * GPU_SLOTS)
+        if LOCAL_GPUS:
+            logger.info(
+                f"GPU limit {LOCAL_GPUS * GPU_SLOTS}: {LOCAL_GPUS} GPU(s) here x {GPU_SLOTS} "
+                "training slot(s) each; a benchmark takes a whole card (--resources gpu=N overrides)"
+            )
+
+
+def gpu_need(section, whole_card=False):
+    """What a train (or, whole_card, a bench) job counts against the `gpu` resource."""
+    if config[section]["device"] == "cpu" or LOCAL_GPUS == 0:
+        return 0
+    return GPU_SLOTS if whole_card and not ON_CLUSTER else 1
 
 
 wildcard_constraints:
@@ -117,6 +146,7 @@ def train_flags(wildcards):
         f"--precision {training['precision']}",
         f"--checkpoint {config['checkpoint']}",
         f"--device {training['device']}",
+        f"--gpu-slots {training['gpu_slots']}",
     ]
     flags += ["--deterministic"] if training["deterministic"] else []
     flags += ["--compile"] if training["compile"] else []

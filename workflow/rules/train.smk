@@ -19,7 +19,7 @@ rule train:
         "../../envs/train.yaml"
     threads: config["training"]["threads"]
     resources:
-        gpu=1,
+        gpu=gpu_need("training"),
     params:
         model=base_model,
         out="results/{dataset}/{model}/seed{seed}",

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from rdiunet.data.archive import open_zip
 from rdiunet.data.download import Remote, fetch
-from rdiunet.data.source import Member, Pair, Source, add_member, match_pairs
+from rdiunet.data.source import Member, Pair, Source, Terms, add_member, match_pairs
 from rdiunet.data.synthetic import encode, image_rng, smooth_noise, to_uint8, write_zip
 from rdiunet.errors import UserError
 
@@ -163,5 +163,15 @@ SOURCE = Source(
     archives=archives,
     pairs=pairs,
     synthesize=synth_isic,
+    terms=Terms(
+        title="ISIC 2018 Challenge, Task 1: lesion boundary segmentation",
+        url="https://challenge.isic-archive.com/data/#2018",
+        licence="CC BY-NC 4.0",
+        terms="Creative Commons Attribution-NonCommercial 4.0: non-commercial use, with attribution to "
+        "the challenge and to HAM10000.",
+        cite="Codella N. et al., Skin Lesion Analysis Toward Melanoma Detection 2018 (ISIC), "
+        "arXiv:1902.03368, 2019; Tschandl P., Rosendahl C., Kittler H., The HAM10000 dataset, "
+        "Scientific Data 5:180161, 2018, doi:10.1038/sdata.2018.161",
+    ),
     official_splits=True,
 )

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from rdiunet.data.archive import open_zip
 from rdiunet.data.download import Remote, fetch
-from rdiunet.data.source import Member, Pair, Source, add_member, match_pairs
+from rdiunet.data.source import Member, Pair, Source, Terms, add_member, match_pairs
 from rdiunet.data.synthetic import ellipse, encode, image_rng, smooth_noise, to_uint8, write_zip
 from rdiunet.errors import UserError
 
@@ -113,4 +113,13 @@ SOURCE = Source(
     archives=archives,
     pairs=pairs,
     synthesize=synth_jsrt,
+    terms=Terms(
+        title="JSRT database: miniJSRT Segmentation01 (Japanese Society of Radiological Technology)",
+        url="http://imgcom.jsrt.or.jp/minijsrtdb/",
+        licence="JSRT terms of use (no open licence)",
+        terms="Free for research and education on the society's terms, stated on its pages; cite "
+        "Shiraishi et al. (2000) in any publication. The suite never redistributes the images.",
+        cite="Shiraishi J. et al., Development of a digital image database for chest radiographs with and "
+        "without a lung nodule, AJR 174(1):71-74, 2000, doi:10.2214/ajr.174.1.1740071",
+    ),
 )

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from rdiunet.data.archive import open_zip, safe_extract
 from rdiunet.data.download import Remote, fetch, fetch_kaggle_competition
-from rdiunet.data.source import Member, Pair, Source, add_member, match_pairs
+from rdiunet.data.source import Member, Pair, Source, Terms, add_member, match_pairs
 from rdiunet.data.synthetic import ellipse, encode, fill_zip, image_rng, smooth_noise, to_uint8, write_zip
 from rdiunet.errors import UserError
 
@@ -154,4 +154,14 @@ SOURCE = Source(
     archives=archives,
     pairs=pairs,
     synthesize=synth_nerve,
+    terms=Terms(
+        title="Ultrasound Nerve Segmentation (Kaggle competition data, 2016)",
+        url="https://www.kaggle.com/competitions/ultrasound-nerve-segmentation",
+        licence="Kaggle competition rules (no open licence)",
+        terms="Governed by the competition's rules, which each user accepts on its rules page before the "
+        "download; read them there. Assume non-commercial research use only; the suite never "
+        "redistributes the data: everyone downloads it with their own Kaggle account.",
+        cite="Kaggle, Ultrasound Nerve Segmentation (competition data), 2016, "
+        "https://www.kaggle.com/competitions/ultrasound-nerve-segmentation",
+    ),
 )
