@@ -487,3 +487,61 @@ def test_a_card_a_scheduler_gave_the_job_is_used_without_a_claim(monkeypatch):
     assert gpu.scheduler_assigned() == "Slurm job 7 was given GPU(s) 3"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert gpu.scheduler_assigned() is None  # a Slurm job without a GPU of its own still claims
+
+
+# --- the GPU path with stand-ins: the current device, native bf16, the run device's RNG --------
+
+
+@pytest.fixture
+def global_switches():
+    """make_runtime sets torch's global switches: restore them after the test."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
+    yield
+    matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved
+
+
+def bf16_card(native: bool):
+    """torch.cuda.is_bf16_supported of an Ampere-or-newer card (native) or of a T4/V100, where
+    bfloat16 is only emulated and cuDNN has no bfloat16 convolutions."""
+    return lambda including_emulation=True: native or including_emulation
+
+
+def test_the_claimed_card_becomes_the_current_device(monkeypatch, global_switches):
+    from rdiunet import runtime
+
+    current = []
+    monkeypatch.setattr(runtime, "choose_device", lambda spec, role, slots: torch.device("cuda", 1))
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_card(native=True))
+    chosen = runtime.make_runtime("cuda", precision="auto")
+    # CUDA events, synchronize and new tensors use the current device: it must be the claimed one.
+    assert current == [torch.device("cuda", 1)] and chosen.device == torch.device("cuda", 1)
+    assert chosen.precision == "bf16"
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "tf32")])
+def test_auto_precision_is_bf16_only_where_the_card_has_it_natively(monkeypatch, native, expected):
+    from rdiunet.runtime import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_card(native))
+    assert resolve_precision("auto", "cuda") == expected
+    assert resolve_precision("auto", "cpu") == "tf32"
+
+
+def test_only_the_run_devices_cuda_rng_state_is_saved_and_restored(monkeypatch):
+    from rdiunet import checkpoints
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or "state")
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", state, device))
+    )
+    saved = checkpoints.rng_state(torch.device("cuda", 2))
+    assert saved["cuda"] == "state" and calls == [("get", torch.device("cuda", 2))]
+    # Resumed on another claimed card (fewer GPUs visible, say): that card's generator gets it.
+    checkpoints.set_rng_state(saved, torch.device("cuda", 0))
+    assert calls[-1] == ("set", "state", torch.device("cuda", 0))
+    calls.clear()
+    checkpoints.set_rng_state(saved, torch.device("cpu"))  # a CPU resume touches no CUDA state
+    assert calls == []
