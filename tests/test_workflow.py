@@ -89,9 +89,12 @@ def test_a_workstation_run_is_limited_to_its_gpus_times_the_training_slots(tmp_p
     resources = rule_resources(output)
     assert all(line.startswith("tmpdir=/tmp, gpu=1,") for line in resources["train"]), resources["train"]
     assert all(line.startswith("tmpdir=/tmp, gpu=2,") for line in resources["bench"])  # a whole card
-    # A limit given on the command line is the user's: nothing is counted.
-    result = snakemake(folder, "-n", "--cores", "4", "--resources", "gpu=1", path=bin_folder)
+    # A limit given on the command line is the user's: nothing is counted, and a benchmark takes
+    # all of a limit smaller than a card's slots rather than wait for ever.
+    given = ("--resources", "gpu=1", "--configfile", "slots.yaml")
+    result = snakemake(folder, "-n", "--cores", "4", *given, path=bin_folder)
     assert result.returncode == 0 and "GPU limit" not in result.stdout + result.stderr
+    assert all(line.startswith("tmpdir=/tmp, gpu=1,") for line in rule_resources(result.stdout)["bench"])
 
 
 @pytest.mark.slow

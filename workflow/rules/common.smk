@@ -65,10 +65,14 @@ if not (ON_CLUSTER or workflow.remote_exec or workflow.subprocess_exec):
 
 
 def gpu_need(section, whole_card=False):
-    """What a train (or, whole_card, a bench) job counts against the `gpu` resource."""
+    """What a train (or, whole_card, a bench) job counts against the `gpu` resource: a bench
+    takes a whole card's slots, or all of a smaller limit given with --resources."""
     if config[section]["device"] == "cpu" or LOCAL_GPUS == 0:
         return 0
-    return GPU_SLOTS if whole_card and not ON_CLUSTER else 1
+    if not whole_card or ON_CLUSTER:
+        return 1
+    given = workflow.global_resources["gpu"].value if LOCAL_GPUS is None else None
+    return max(1, min(GPU_SLOTS, given)) if isinstance(given, int) else GPU_SLOTS
 
 
 wildcard_constraints:
