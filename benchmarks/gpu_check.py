@@ -34,6 +34,7 @@ import torch
 
 from rdiunet.bench import bench
 from rdiunet.fileio import write_json
+from rdiunet.nvml import is_torch_device
 from rdiunet.settings import BenchSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,8 +177,7 @@ def uuid_matches(gpu: dict) -> bool | None:
     """Whether the card NVML sampled is the torch device (None where nothing was sampled)."""
     if not CUDA or not gpu.get("available"):
         return None
-    torch_uuid = str(torch.cuda.get_device_properties(0).uuid)
-    return (gpu.get("device_uuid") or "").split("-", 1)[-1] == torch_uuid
+    return is_torch_device(gpu.get("device_uuid"), torch.device("cuda", 0))  # the one card here
 
 
 def step_slots(data: Path, work: Path) -> list[dict]:

@@ -197,7 +197,7 @@ def visible_gpus() -> list[GpuCandidate]:
     candidates = []
     for index in range(torch.cuda.device_count()):
         uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-        key = f"{uuid}" if uuid is not None else f"index{index}"
+        key = str(uuid) if uuid is not None else f"index{index}"
         busy = ()
         if nvml is not None:
             try:

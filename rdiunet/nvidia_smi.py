@@ -1,5 +1,6 @@
 """What nvidia-smi says about this machine's GPUs, without torch (the workflow reads it too)."""
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -29,10 +30,6 @@ def local_gpu_count() -> int:
     if visible is not None:
         # CUDA stops at the first invalid entry; "" and "-1" hide every GPU.
         entries = [entry.strip() for entry in visible.split(",")]
-        count = 0
-        for entry in entries:
-            if not entry or entry.startswith("-") or entry == "NoDevFiles":
-                break
-            count += 1
-        return min(count, len(listed_gpus())) if shutil.which("nvidia-smi") else count
+        valid = itertools.takewhile(lambda e: e and not e.startswith("-") and e != "NoDevFiles", entries)
+        return len(list(valid))
     return len(listed_gpus())

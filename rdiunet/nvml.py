@@ -80,6 +80,11 @@ def instant_power_w(nvml, handle) -> float | None:
     return value.value.uiVal / 1000
 
 
+def is_torch_device(nvml_uuid: str | None, device: torch.device) -> bool:
+    """Whether an NVML UUID (GPU-... or MIG-...) names the torch device: a wrong card must not pass."""
+    return bool(nvml_uuid) and nvml_uuid.split("-", 1)[-1] == torch_uuid(device)
+
+
 def _read(call, *args):
     """One NVML reading, or None where the device does not support it."""
     try:

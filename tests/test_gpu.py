@@ -18,7 +18,7 @@ from rdiunet import gpu
 from rdiunet import nvml as nvml_module
 from rdiunet.errors import UserError
 from rdiunet.gpu import GpuCandidate, claim_gpu
-from rdiunet.nvml import GpuSampler, load_nvml
+from rdiunet.nvml import GpuSampler, is_torch_device, load_nvml
 
 
 class FakeNVMLError(Exception):
@@ -155,7 +155,8 @@ def test_the_sampled_card_is_the_torch_device():
     with GpuSampler(None, device, period=0.05) as sampler:
         pass
     assert sampler.available, sampler.reason
-    assert sampler.uuid().split("-", 1)[1] == str(torch.cuda.get_device_properties(device).uuid)
+    assert is_torch_device(sampler.uuid(), device)
+    assert not is_torch_device(sampler.uuid().replace("-", "-0", 1), device)
 
 
 # --- finding the card in NVML (stand-ins: no GPU here) ------------------------------------------
@@ -545,3 +546,21 @@ def test_only_the_run_devices_cuda_rng_state_is_saved_and_restored(monkeypatch):
     calls.clear()
     checkpoints.set_rng_state(saved, torch.device("cpu"))  # a CPU resume touches no CUDA state
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    "visible, count",
+    [("0,1", 2), ("", 0), ("-1", 0), ("0,-1,2", 1), ("GPU-ab,GPU-cd", 2), ("1,NoDevFiles", 1)],
+)
+def test_the_workflow_counts_the_gpus_cuda_visible_devices_leaves(monkeypatch, visible, count):
+    from rdiunet.nvidia_smi import local_gpu_count
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)  # CUDA stops at the first invalid entry
+    assert local_gpu_count() == count
+
+
+def test_an_nvml_uuid_names_the_torch_device_only_when_it_is_that_card(monkeypatch):
+    pretend_torch_uuid(monkeypatch, "1234-abcd")
+    card = torch.device("cuda", 0)
+    assert is_torch_device("GPU-1234-abcd", card) and is_torch_device("MIG-1234-abcd", card)
+    assert not is_torch_device("GPU-1234-abce", card) and not is_torch_device(None, card)
