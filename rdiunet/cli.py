@@ -281,6 +281,12 @@ def add_train_parser(verbs) -> None:
     )
     train.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     train.add_argument(
+        "--no-cudnn-benchmark",
+        dest="cudnn_benchmark",
+        action="store_false",
+        help="skip cuDNN's autotuning of convolutions (quicker start, maybe slower epochs)",
+    )
+    train.add_argument(
         "--gpu-slots",
         type=int,
         default=TrainSettings.gpu_slots,

@@ -189,7 +189,7 @@ def evaluate(folder: RunFolder, device: str = "auto") -> dict:
                 f"trained on {trained_on[:12]}): its test split may hold training images; prepare the "
                 "data as it was, or retrain"
             )
-        runtime = training_runtime(settings)
-        identity = settings.identity(data.sha256, runtime.precision)
-        model = runtime.prepare_model(build(settings.model, **settings.model_options))
-        return evaluate_run(folder, data, model, runtime, settings, identity)
+        with training_runtime(settings) as runtime:
+            identity = settings.identity(data.sha256, runtime.precision)
+            model = runtime.prepare_model(build(settings.model, **settings.model_options))
+            return evaluate_run(folder, data, model, runtime, settings, identity)

@@ -7,6 +7,16 @@ instantaneous field where the driver offers it (`nvmlDeviceGetPowerUsage` is a o
 on recent cards), and the summary says which was read. The card is found by the UUID torch gives
 (GPU-... or MIG-...), never by index: NVML's order ignores CUDA_VISIBLE_DEVICES. Without
 nvidia-ml-py, a driver or a GPU, the sampler records why and stays out of the way: the run goes on.
+
+What the energy covers. NVML's energy and power are the whole card's (for a MIG slice, its parent
+card's): when other work shares the card (another training in a `gpu_slots` slot, someone else's
+process), they are not this run's alone. The summary therefore records the scope (`whole card` or
+`MIG parent card`), the gpu_slots in force and the compute processes NVML saw on the card at the
+start and the end of the window, and says whether the card was shared (rdiunet.report does not
+add up or compare the energy of runs that shared a card).
+
+Sample times are monotonic (a clock step during a run cannot bend the power integral or the
+durations): each is the wall-clock time of the window's start plus the monotonic time since.
 """
 
 import csv
@@ -85,6 +95,62 @@ def is_torch_device(nvml_uuid: str | None, device: torch.device) -> bool:
     return bool(nvml_uuid) and nvml_uuid.split("-", 1)[-1] == torch_uuid(device)
 
 
+# nvmlClocksEventReasons (formerly "throttle reasons"): why the SM clock is below its maximum.
+CLOCK_EVENT_REASONS = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+
+def clock_event_reasons(nvml, handle) -> list[str] | None:
+    """The named reasons NVML gives now for the SM clock being held below its maximum."""
+    for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+        call = getattr(nvml, name, None)
+        mask = None if call is None else _read(call, handle)
+        if mask is not None:
+            return [label for bit, label in CLOCK_EVENT_REASONS.items() if mask & bit]
+    return None
+
+
+def compute_processes(nvml, handle) -> list[dict] | None:
+    """The compute processes NVML sees on a card (pid, MiB used), or None where it cannot tell.
+    Pids are the host's: inside a container they differ from os.getpid()."""
+    call = getattr(nvml, "nvmlDeviceGetComputeRunningProcesses", None)
+    processes = None if call is None else _read(call, handle)
+    if processes is None:
+        return None
+    return [
+        {"pid": p.pid, "used_mib": None if p.usedGpuMemory is None else p.usedGpuMemory / 2**20}
+        for p in processes
+    ]
+
+
+def card_state(device: torch.device, nvml=None) -> dict:
+    """The card's SM clock and clock-event reasons now, for the record beside a latency (empty on
+    a CPU or without NVML)."""
+    if device.type != "cuda":
+        return {}
+    if nvml is None:
+        nvml, _ = load_nvml()
+    if nvml is None:
+        return {}
+    try:
+        handle = parent_card(nvml, nvml_handle(nvml, device))
+    except Exception:
+        return {}
+    return {
+        "sm_clock_mhz": _read(nvml.nvmlDeviceGetClockInfo, handle, 1),  # NVML_CLOCK_SM
+        "clock_event_reasons": clock_event_reasons(nvml, handle),
+    }
+
+
 def _read(call, *args):
     """One NVML reading, or None where the device does not support it."""
     try:
@@ -106,14 +172,22 @@ class GpuSampler:
 
     `nvml` is the pynvml module (or a stand-in with the same functions); by default the real one
     is loaded. Rows reach the CSV about once a second, so a killed job keeps its samples; a resumed
-    run appends to the same file. `summary()` gives energy, power, memory and the sampler's own
-    CPU cost.
+    run appends to the same file. `summary()` gives energy, power, memory, what the energy covers
+    (the module's docstring) and the sampler's own CPU cost. `gpu_slots`: the trainings allowed
+    on the card at once while this window runs.
     """
 
     FLUSH_EVERY_S = 1.0
 
-    def __init__(self, csv_path: Path | None, device: torch.device | int = 0, period: float = 0.1, nvml=None):
-        self.csv_path, self.device, self.period = csv_path, device, period
+    def __init__(
+        self,
+        csv_path: Path | None,
+        device: torch.device | int = 0,
+        period: float = 0.1,
+        nvml=None,
+        gpu_slots: int = 1,
+    ):
+        self.csv_path, self.device, self.period, self.gpu_slots = csv_path, device, period, gpu_slots
         if isinstance(device, torch.device) and device.type != "cuda":
             self.nvml, self.reason = None, f"device is {device.type}, not a GPU"
         elif nvml is not None:
@@ -125,6 +199,9 @@ class GpuSampler:
         self._written = 0
         self.energy_start = self.energy_end = None
         self.cpu_seconds = 0.0
+        self.processes_start = self.processes_end = None
+        self.scope = None
+        self._clock = (time.time(), time.monotonic())  # the window's wall-clock and monotonic origin
         self._stop = threading.Event()
         self._thread = None
 
@@ -154,13 +231,18 @@ class GpuSampler:
         utilization = _read(nvml.nvmlDeviceGetUtilizationRates, handle)
         memory = _read(nvml.nvmlDeviceGetMemoryInfo, handle)
         return (
-            time.time(),
+            self.now(),
             self.power_w(),
             None if utilization is None else utilization.gpu,
             None if memory is None else memory.used / 2**20,
             _read(nvml.nvmlDeviceGetTemperature, card, 0),  # NVML_TEMPERATURE_GPU
             _read(nvml.nvmlDeviceGetClockInfo, card, 1),  # NVML_CLOCK_SM
         )
+
+    def now(self) -> float:
+        """A monotonic timestamp on the wall clock of the window's start."""
+        wall, monotonic = self._clock
+        return wall + time.monotonic() - monotonic
 
     def _loop(self) -> None:
         start = time.thread_time()
@@ -194,6 +276,9 @@ class GpuSampler:
             except Exception as error:
                 self.nvml, self.reason = None, f"no NVML handle for {self.device} ({error}); not sampled"
         if self.available:
+            self._clock = (time.time(), time.monotonic())
+            self.scope = "whole card" if self.card is self.handle else "MIG parent card"
+            self.processes_start = compute_processes(self.nvml, self.card)
             self.energy_start = _read(self.nvml.nvmlDeviceGetTotalEnergyConsumption, self.card)
             self.samples.append(self.sample())
             self._thread = threading.Thread(target=self._loop, name="gpu-sampler", daemon=True)
@@ -206,6 +291,7 @@ class GpuSampler:
             self._thread.join()
             self.samples.append(self.sample())
             self.energy_end = _read(self.nvml.nvmlDeviceGetTotalEnergyConsumption, self.card)
+            self.processes_end = compute_processes(self.nvml, self.card)
         self._flush()
 
     def energy_so_far(self) -> tuple[float | None, str]:
@@ -220,6 +306,19 @@ class GpuSampler:
         energy = integrate_power(list(self.samples))
         return energy, "integrated power samples" if energy is not None else "unavailable"
 
+    def card_shared(self) -> str | None:
+        """Why the card's energy is not this window's work alone, or None where nothing says so."""
+        reasons = []
+        if self.scope == "MIG parent card":
+            reasons.append("a MIG slice: energy and power are the parent card's")
+        if self.gpu_slots > 1:
+            reasons.append(f"gpu_slots {self.gpu_slots}: other trainings could run on the card")
+        seen = [p for p in (self.processes_start, self.processes_end) if p is not None]
+        if any(len(processes) > 1 for processes in seen):
+            most = max(len(processes) for processes in seen)
+            reasons.append(f"NVML saw {most} compute processes on the card")
+        return "; ".join(reasons) or None
+
     def summary(self) -> dict:
         if not self.available:
             return {"available": False, "reason": self.reason}
@@ -233,6 +332,11 @@ class GpuSampler:
             "available": True,
             "energy_j": energy,
             "energy_method": method,
+            "energy_scope": self.scope,
+            "gpu_slots": self.gpu_slots,
+            "processes_start": self.processes_start,
+            "processes_end": self.processes_end,
+            "card_shared": self.card_shared(),
             "power_source": self.power_source,
             "device_uuid": self.uuid(),
             "seconds": seconds,

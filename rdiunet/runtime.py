@@ -5,17 +5,23 @@ Precisions (rdiunet.readings.PRECISIONS): `tf32` keeps float32 weights and lets 
 convolutions use TF32 (what both major frameworks do by default on an A100), `fp32` turns TF32 off
 for both, `bf16` and `fp16` autocast (fp16 with a gradient scaler). `auto` is bf16 on a GPU with
 native bfloat16 and tf32 elsewhere. The TF32 switches are global and exist on every build; they are
-recorded as they really are, beside whether they can apply (a CUDA device).
+recorded as they really are, beside whether they can apply (a CUDA device). Where torch has the
+`fp32_precision` switches (2.9 and later) they are set and read, and the legacy `allow_tf32` ones
+are left alone: torch refuses to read a legacy switch once the new one was set (by us or by the
+user's own code).
+
+A Runtime carries the claim on its card (rdiunet.gpu): it is a context manager, and the work that
+made it releases the claim when it ends, on error too.
 """
 
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from rdiunet.errors import UserError
-from rdiunet.gpu import choose_device
+from rdiunet.gpu import Claim, choose_device
 from rdiunet.readings import PRECISIONS
 
 AUTOCAST = {"tf32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -30,6 +36,18 @@ class Runtime:
     device: torch.device
     precision: str
     channels_last: bool
+    claim: Claim | None = field(default=None, compare=False)
+
+    def release(self) -> None:
+        """Let go of the card (once this process's other work on it has too)."""
+        if self.claim is not None:
+            self.claim.release()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     @property
     def cuda(self) -> bool:
@@ -56,10 +74,10 @@ class Runtime:
         return {
             "precision": self.precision,
             "autocast_dtype": DTYPE_NAMES[self.amp_dtype] if self.amp_dtype is not None else None,
-            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            **tf32_switches(),
             "tf32_applies": self.cuda,  # TF32 is a property of NVIDIA GPUs; on a CPU the switches do nothing
             "channels_last": self.channels_last,
+            "gpu_claim": self.claim.record() if self.claim is not None else None,
         }
 
 
@@ -93,10 +111,42 @@ def resolve_precision(precision: str, device_type: str) -> str:
     return precision
 
 
+NEW_TF32_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def effective_fp32_precision(*levels) -> str:
+    """The first setting that is not "none" (inherit), from the most specific switch up; "ieee"
+    when none is set."""
+    return next((level.fp32_precision for level in levels if level.fp32_precision != "none"), "ieee")
+
+
+def tf32_switches() -> dict:
+    """Whether matmuls and cuDNN convolutions may use TF32, as torch has it set now."""
+    backends = torch.backends
+    if NEW_TF32_API:
+        matmul = effective_fp32_precision(backends.cuda.matmul, backends)
+        conv = effective_fp32_precision(backends.cudnn.conv, backends.cudnn, backends)
+        return {
+            "matmul_allow_tf32": matmul == "tf32",
+            "cudnn_allow_tf32": conv == "tf32",
+            "matmul_fp32_precision": backends.cuda.matmul.fp32_precision,
+            "conv_fp32_precision": backends.cudnn.conv.fp32_precision,
+        }
+    return {
+        "matmul_allow_tf32": backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": backends.cudnn.allow_tf32,
+    }
+
+
 def set_precision(precision: str) -> None:
     tf32 = precision != "fp32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    if NEW_TF32_API:
+        value = "tf32" if tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def make_runtime(
@@ -107,23 +157,31 @@ def make_runtime(
     threads: int | None = None,
     role: str = "train",
     gpu_slots: int = 1,
+    cudnn_benchmark: bool = True,
 ) -> Runtime:
     """Choose (and claim, as `role` with `gpu_slots` trainings per card: rdiunet.gpu) the device
-    and set torch up. `channels_last` None means on a GPU; with `deterministic`, only
-    deterministic algorithms run and cuDNN does not autotune."""
+    and set torch up; the caller releases the claim (`with make_runtime(...) as runtime:`).
+    `channels_last` None means on a GPU; cuDNN autotunes its convolutions unless `deterministic`
+    (only deterministic algorithms then) or not `cudnn_benchmark`."""
     if threads:
         torch.set_num_threads(threads)
     if deterministic:
         set_deterministic()
-    chosen = choose_device(device, role, gpu_slots)
+    chosen, claim = choose_device(device, role, gpu_slots)
     cuda = chosen.type == "cuda"
-    if cuda:
-        # CUDA events, synchronize and new tensors use the current device: make it this one.
-        torch.cuda.set_device(chosen)
-        torch.backends.cudnn.benchmark = not deterministic
-    resolved = resolve_precision(precision, chosen.type)
-    set_precision(resolved)
-    return Runtime(chosen, resolved, channels_last=cuda if channels_last is None else channels_last)
+    try:
+        if cuda:
+            # CUDA events, synchronize and new tensors use the current device: make it this one.
+            torch.cuda.set_device(chosen)
+            torch.backends.cudnn.benchmark = not deterministic and cudnn_benchmark
+        resolved = resolve_precision(precision, chosen.type)
+        set_precision(resolved)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+    layout = cuda if channels_last is None else channels_last
+    return Runtime(chosen, resolved, channels_last=layout, claim=claim)
 
 
 def training_runtime(settings) -> Runtime:
@@ -134,4 +192,5 @@ def training_runtime(settings) -> Runtime:
         deterministic=settings.deterministic,
         threads=settings.threads,
         gpu_slots=settings.gpu_slots,
+        cudnn_benchmark=settings.cudnn_benchmark,
     )

@@ -48,6 +48,7 @@ class TrainSettings:
     device: str = "auto"
     precision: str = "tf32"
     deterministic: bool = False
+    cudnn_benchmark: bool = True  # cuDNN autotunes its convolutions (off when deterministic)
     compile: bool = False
     threads: int | None = None  # CPU threads; None: torch's default
     gpu_slots: int = 1  # training jobs that may share one card (rdiunet.gpu)

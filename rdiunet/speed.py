@@ -12,9 +12,17 @@ factors on a GPU, so each is measured and named:
 
 On a GPU each call is timed with CUDA events on the current device after a synchronisation; on the
 CPU with perf_counter, at a fixed thread count. Every run feeds a different random image from a
-pool (never zeros, which some kernels shortcut).
+pool (never zeros, which some kernels shortcut). Beside each latency protocol the card's SM clock
+and NVML's clock-event (throttle) reasons are recorded before and after the timed runs: a card
+held down by its power cap or heat gives another number than a cool one.
+
+Throughput is timed with one event pair around many batches (a synchronisation per batch would
+leave the GPU idle between them), over a window of at least THROUGHPUT_WINDOW_S seconds, and of at
+least ENERGY_WINDOW_S where NVML measures the energy per image: the card's energy counter moves in
+steps and its power reading lags, so a short window would mostly measure those.
 """
 
+import math
 import statistics
 import time
 
@@ -22,10 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from rdiunet.nvml import GpuSampler
+from rdiunet.nvml import GpuSampler, card_state, load_nvml
 from rdiunet.runtime import Runtime
 
 INPUT_POOL = 8
+THROUGHPUT_WINDOW_S = 2.0
+ENERGY_WINDOW_S = 10.0
+GRAPH_UNTIMED_REPLAYS = 10
 
 
 class Timer:
@@ -46,6 +57,42 @@ class Timer:
         start = time.perf_counter()
         fn()
         return (time.perf_counter() - start) * 1000
+
+    def loop(self, fn, iterations: int) -> float:
+        """Milliseconds of `iterations` calls of fn(i), timed as one window."""
+        return self(lambda: [fn(i) for i in range(iterations)])
+
+
+class PeakMemory:
+    """The peak CUDA memory of a block above what was allocated when it began (the model's
+    weights and whatever else was alive then); nothing on a CPU."""
+
+    def __init__(self, runtime: Runtime):
+        self.device = runtime.device if runtime.cuda else None
+        self.baseline = self.peak = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device is not None:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device is not None:
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.baseline
+
+    def record(self) -> dict:
+        if self.peak is None:
+            return {}
+        return {"peak_memory_mib": self.peak / 2**20, "baseline_memory_mib": self.baseline / 2**20}
+
+
+def card_record(runtime: Runtime, before: dict) -> dict:
+    """The card's SM clock and clock-event reasons before and after a protocol's timed runs."""
+    if not before:
+        return {}
+    return {"card_before": before, "card_after": card_state(runtime.device)}
 
 
 def input_pool(batch: int, size: int, runtime: Runtime, host: bool = False) -> list[torch.Tensor]:
@@ -84,11 +131,15 @@ def forward_of(model: nn.Module, runtime: Runtime):
 
 
 def eager_b1(model: nn.Module, size: int, runtime: Runtime, runs: int, warmup: int) -> dict:
+    """Batch 1, eager; with the peak memory of batch 1 above the model's own."""
     forward, timer = forward_of(model, runtime), Timer(runtime.device)
-    pool = input_pool(1, size, runtime)
-    for i in range(warmup):
-        forward(pool[i % INPUT_POOL])
-    return distribution([timer(lambda i=i: forward(pool[i % INPUT_POOL])) for i in range(runs)], runs, warmup)
+    with PeakMemory(runtime) as memory:
+        pool = input_pool(1, size, runtime)
+        for i in range(warmup):
+            forward(pool[i % INPUT_POOL])
+        before = card_state(runtime.device)
+        times = [timer(lambda i=i: forward(pool[i % INPUT_POOL])) for i in range(runs)]
+    return distribution(times, runs, warmup) | memory.record() | card_record(runtime, before)
 
 
 def graphed_b1(model: nn.Module, size: int, runtime: Runtime, runs: int, warmup: int) -> dict:
@@ -116,8 +167,17 @@ def graphed_b1(model: nn.Module, size: int, runtime: Runtime, runs: int, warmup:
         static.copy_(x)
         graph.replay()
 
+    # The first replays upload the graph and settle the clocks: not what serving a model costs.
+    for i in range(GRAPH_UNTIMED_REPLAYS):
+        replay(pool[i % INPUT_POOL])
+    torch.cuda.synchronize()
+    before = card_state(runtime.device)
     times = [timer(lambda i=i: replay(pool[i % INPUT_POOL])) for i in range(runs)]
-    return distribution(times, runs, warmup) | {"captured": "torch.cuda.CUDAGraph"}
+    return (
+        distribution(times, runs, warmup)
+        | {"captured": "torch.cuda.CUDAGraph", "untimed_replays": GRAPH_UNTIMED_REPLAYS}
+        | card_record(runtime, before)
+    )
 
 
 def end_to_end(model: nn.Module, size: int, runtime: Runtime, runs: int, warmup: int) -> dict:
@@ -132,52 +192,62 @@ def end_to_end(model: nn.Module, size: int, runtime: Runtime, runs: int, warmup:
 
     for i in range(warmup):
         call(pool[i % INPUT_POOL])
+    before = card_state(runtime.device)
     times = []
     for i in range(runs):
         start = time.perf_counter()
         call(pool[i % INPUT_POOL])
         times.append((time.perf_counter() - start) * 1000)
-    return distribution(times, runs, warmup) | {
-        "includes": "host-to-device copy, forward, sigmoid, threshold, copy back"
-    }
+    return (
+        distribution(times, runs, warmup)
+        | {"includes": "host-to-device copy, forward, sigmoid, threshold, copy back"}
+        | card_record(runtime, before)
+    )
 
 
-def throughput(
-    model: nn.Module, size: int, runtime: Runtime, batch_sizes: tuple[int, ...], seconds: float = 2.0
-) -> list[dict]:
-    """Images per second at each batch size above 1 (at least 3 batches and `seconds`), with the
-    peak memory of each batch size and, where NVML answers, its energy per image."""
+def timed_window(forward, timer: Timer, pool: list[torch.Tensor], runtime: Runtime, window_s: float):
+    """(batches, milliseconds, NVML summary) of one window of at least `window_s` seconds."""
+    for i in range(3):
+        forward(pool[i % INPUT_POOL])
+    per_batch_ms = timer.loop(lambda i: forward(pool[i % INPUT_POOL]), 3) / 3
+    batches = max(3, math.ceil(window_s * 1000 / max(per_batch_ms, 1e-3)))
+    with GpuSampler(None, runtime.device, period=0.05) as sampler:
+        total_ms = timer.loop(lambda i: forward(pool[i % INPUT_POOL]), batches)
+    return batches, total_ms, sampler.summary()
+
+
+def throughput(model: nn.Module, size: int, runtime: Runtime, batch_sizes: tuple[int, ...]) -> list[dict]:
+    """Images per second at each batch size above 1, timed as one window (the module's
+    docstring), with each batch size's peak memory above the model's own and, where NVML answers,
+    its energy per image."""
     forward, timer = forward_of(model, runtime), Timer(runtime.device)
+    window_s = ENERGY_WINDOW_S if runtime.cuda and load_nvml()[0] is not None else THROUGHPUT_WINDOW_S
     rows = []
     for batch in [b for b in batch_sizes if b > 1]:
-        if runtime.cuda:
-            torch.cuda.reset_peak_memory_stats(runtime.device)
+        # The previous batch size's inputs are gone before this one's peak is counted.
         try:
-            pool = input_pool(batch, size, runtime)
-            for i in range(3):
-                forward(pool[i % INPUT_POOL])
-            times, images = [], 0
-            with GpuSampler(None, runtime.device, period=0.05) as sampler:
-                while len(times) < 3 or sum(times) < seconds * 1000:
-                    x = pool[len(times) % INPUT_POOL]
-                    times.append(timer(lambda x=x: forward(x)))
-                    images += batch
+            with PeakMemory(runtime) as memory:
+                batches, total_ms, energy = timed_window(
+                    forward, timer, input_pool(batch, size, runtime), runtime, window_s
+                )
         except torch.cuda.OutOfMemoryError:
             rows.append({"batch_size": batch, "skipped": "out of GPU memory"})
             torch.cuda.empty_cache()
             continue
-        energy = sampler.summary()
+        images = batches * batch
         row = {
             "batch_size": batch,
-            "batches": len(times),
-            "ms_per_batch": statistics.median(times),
-            "images_per_s": images / (sum(times) / 1000),
+            "batches": batches,
+            "window_s": total_ms / 1000,
+            "ms_per_batch": total_ms / batches,
+            "images_per_s": images / (total_ms / 1000),
+            **memory.record(),
         }
-        if runtime.cuda:
-            row["peak_memory_mib"] = torch.cuda.max_memory_allocated(runtime.device) / 2**20
         if energy["available"] and energy["energy_j"] is not None:
             row["energy_per_image_j"] = energy["energy_j"] / images
             row["mean_power_w"] = energy["mean_power_w"]
+            row["energy_scope"] = energy["energy_scope"]
+            row["card_shared"] = energy["card_shared"]
         rows.append(row)
     return rows
 

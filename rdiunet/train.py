@@ -32,7 +32,7 @@ from rdiunet.models import build
 from rdiunet.nvml import GpuSampler
 from rdiunet.provenance import environment, now
 from rdiunet.runfolder import RunFolder
-from rdiunet.runtime import planned_device_type, resolve_precision, training_runtime
+from rdiunet.runtime import Runtime, planned_device_type, resolve_precision, training_runtime
 from rdiunet.settings import TrainSettings
 
 HISTORY_COLUMNS = (
@@ -168,7 +168,19 @@ def train(settings: TrainSettings, out: Path, command: list[str] | None = None) 
 def run_training(
     settings: TrainSettings, folder: RunFolder, data: Prepared, identity: dict, command: list[str] | None
 ) -> dict:
-    runtime = training_runtime(settings)
+    """Train on the claimed device, which is let go when training ends, however it ends."""
+    with training_runtime(settings) as runtime:
+        return train_on(runtime, settings, folder, data, identity, command)
+
+
+def train_on(
+    runtime: Runtime,
+    settings: TrainSettings,
+    folder: RunFolder,
+    data: Prepared,
+    identity: dict,
+    command: list[str] | None,
+) -> dict:
     if runtime.precision != identity["precision"]:  # auto, on another device than planned
         raise UserError(
             f"--precision {settings.precision} gave {runtime.precision} on {runtime.device}; name one"
@@ -212,6 +224,8 @@ def run_training(
             **runtime.settings(),
             "compile": settings.compile,
             "deterministic": settings.deterministic,
+            "cudnn_benchmark": runtime.cuda and torch.backends.cudnn.benchmark,
+            "gpu_slots": settings.gpu_slots,
         },
         "status": "running",
         "started": now(),
@@ -240,7 +254,7 @@ def run_training(
 
     if runtime.cuda:
         torch.cuda.reset_peak_memory_stats(runtime.device)
-    with StopFlag() as stop, GpuSampler(folder.gpu, runtime.device) as sampler:
+    with StopFlag() as stop, GpuSampler(folder.gpu, runtime.device, gpu_slots=settings.gpu_slots) as sampler:
         while epoch < settings.epochs:
             model.train()
             clock = time.perf_counter()

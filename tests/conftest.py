@@ -19,6 +19,12 @@ from rdiunet.fileio import sha256_of
 from rdiunet.settings import TrainSettings
 
 
+def job_env(**extra: str) -> dict:
+    """The environment for a process a test starts: this one's without the Slurm variables, which
+    (inside an allocation) would make a job with one visible card skip its claim (rdiunet.gpu)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, **extra}
+
+
 def run_cli(
     *args: str, env: dict | None = None, timeout: float = 300, process: bool = False
 ) -> subprocess.CompletedProcess:
@@ -35,7 +41,7 @@ def run_cli(
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=env,
+            env=env if env is not None else job_env(),
         )
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -134,7 +140,7 @@ def snakemake(
     # Jobs call `python -m rdiunet.cli`: the test's interpreter must come first on PATH.
     rest = [str(path)] if path is not None and path.exists() else []
     rest += [os.environ["PATH"]] if path is None or path.exists() else ["/usr/bin:/bin"]
-    env = {**os.environ, "PATH": os.pathsep.join([str(BIN), *rest])}
+    env = job_env(PATH=os.pathsep.join([str(BIN), *rest]))
     return subprocess.run(
         [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

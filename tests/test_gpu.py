@@ -253,7 +253,7 @@ CLAIMER = textwrap.dedent(
     candidates = [GpuCandidate(i, key, (i,)) for i, key in enumerate(keys)]
     print("ready", flush=True)  # imports done: from here on, any delay is the claim's
     claimed = claim_gpu(candidates, role, slots, Path(directory), wait_s=120, poll_s=0.05)
-    print(claimed.key, flush=True)
+    print(claimed.card.key, flush=True)
     time.sleep(120)
     """
 )
@@ -378,9 +378,119 @@ def test_a_benchmark_takes_a_free_card_when_another_is_busy(claimers):
 
 def test_least_busy_free_card_is_chosen_first(tmp_path):
     candidates = [GpuCandidate(0, "a", (50, 0)), GpuCandidate(1, "b", (5, 0)), GpuCandidate(2, "c", (20, 0))]
-    first = claim_gpu(candidates, directory=tmp_path)
-    second = claim_gpu(candidates, directory=tmp_path)
-    assert (first.key, second.key) == ("b", "c")  # locks are per open file: this process holds two
+    with claim_gpu(candidates, directory=tmp_path) as claim:
+        assert claim.card.key == "b"
+
+
+# --- claims within one process: re-entrant, released when the work ends --------------------------
+
+ONE_CARD = [GpuCandidate(0, "card0")]
+
+
+def quick_claim(directory, role="train", candidates=ONE_CARD):
+    """A claim that gives up after a second instead of waiting for a week."""
+    return claim_gpu(candidates, role, directory=directory, wait_s=1, poll_s=0.05)
+
+
+def test_two_benchmarks_in_one_process_share_its_claim_and_keep_others_out(claimers):
+    first = quick_claim(claimers.directory, "bench")
+    second = quick_claim(claimers.directory, "bench")  # gpu_check's bench step does this
+    assert second is first and first.card.key == "card0"
+    other = claimers.start()
+    assert claimers.waiting(other)
+    first.release()
+    assert claimers.waiting(other)  # the second benchmark still holds the card
+    second.release()
+    assert claimers.holding(other) == "card0"
+    assert gpu.held_claims() == []
+
+
+def test_a_training_after_a_benchmark_in_one_process_uses_the_benchmarks_claim(claimers):
+    with quick_claim(claimers.directory, "bench") as bench, quick_claim(claimers.directory) as training:
+        assert training is bench and bench.role == "bench"
+        late = claimers.start()
+        assert claimers.waiting(late)
+    assert claimers.holding(late) == "card0"
+
+
+def test_a_benchmark_inside_a_training_of_the_same_process_is_refused(tmp_path):
+    with quick_claim(tmp_path) as training:
+        with pytest.raises(RuntimeError, match="holds card0 for train and now asks for it as bench"):
+            quick_claim(tmp_path, "bench")
+        assert training.users == 1
+    assert gpu.held_claims() == []
+
+
+def test_a_second_card_can_still_be_claimed_beside_a_held_one(tmp_path):
+    with (
+        quick_claim(tmp_path, candidates=[GpuCandidate(0, "a")]) as first,
+        quick_claim(tmp_path, "bench", candidates=[GpuCandidate(1, "b")]) as second,
+    ):
+        assert (first.card.key, second.card.key) == ("a", "b")
+        assert len(gpu.held_claims()) == 2
+
+
+@pytest.fixture
+def fake_card(monkeypatch, tmp_path, global_switches):
+    """torch believes in one CUDA card, card0 (computing on it would still fail: no CUDA here)."""
+    monkeypatch.setenv(gpu.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(gpu, "visible_gpus", lambda: [GpuCandidate(0, "card0")])
+    yield
+    assert gpu.held_claims() == [], "a claim outlived the work that took it"
+
+
+def test_a_failed_benchmark_lets_go_of_its_card(fake_card, claimers):
+    from rdiunet.bench import bench
+    from rdiunet.settings import BenchSettings
+
+    with pytest.raises(UserError, match="unknown model"):
+        bench(BenchSettings(model="vnet", size=64, device="cuda"))  # claims, then build() fails
+    other = claimers.start(role="bench")
+    assert claimers.holding(other, timeout=10) == "card0"
+
+
+def test_work_that_raises_inside_a_runtime_lets_go_of_its_card(fake_card, claimers):
+    from rdiunet.runtime import make_runtime
+
+    with pytest.raises(ZeroDivisionError), make_runtime("cuda") as runtime:
+        assert runtime.claim.record() == {
+            "card": "card0", "index": 0, "role": "train", "gpu_slots": 1, "how": "claimed",
+        }  # fmt: skip
+        other = claimers.start()
+        assert claimers.waiting(other)
+        raise ZeroDivisionError("the work failed")
+    assert claimers.holding(other, timeout=10) == "card0"
+
+
+def test_a_training_that_fails_on_its_card_lets_go_of_it(fake_card, claimers, tmp_path):
+    from conftest import prepared_jsrt, tiny_settings
+
+    from rdiunet.train import train
+
+    data = prepared_jsrt(tmp_path / "data", n=12, size=32)
+    with pytest.raises((AssertionError, RuntimeError)):  # this torch cannot put the model on CUDA
+        train(tiny_settings(data, device="cuda", deterministic=False), tmp_path / "run")
+    other = claimers.start(role="bench")
+    assert claimers.holding(other, timeout=10) == "card0"
+
+
+def test_a_standin_card_makes_a_cpu_job_claim_as_a_gpu_job_would(monkeypatch, claimers):
+    from rdiunet.runtime import make_runtime
+
+    monkeypatch.setenv(gpu.LOCK_DIR_ENV, str(claimers.directory))
+    monkeypatch.setenv(gpu.STANDIN_ENV, "smoke")
+    with make_runtime("cpu", role="bench") as runtime:
+        assert runtime.device == torch.device("cpu") and runtime.claim.card.key == "standin-smoke"
+        other = claimers.start(keys="standin-smoke")
+        assert claimers.waiting(other)
+    assert claimers.holding(other, timeout=10) == "standin-smoke"
+    monkeypatch.delenv(gpu.STANDIN_ENV)
+    with make_runtime("cpu") as runtime:
+        assert runtime.claim is None
 
 
 def test_no_card_free_within_the_wait_is_one_line(tmp_path, claimers):
@@ -414,7 +524,7 @@ def test_a_planted_symlink_is_never_followed_or_written(tmp_path):
 def test_an_existing_lock_file_is_not_truncated(tmp_path):
     locks = gpu.private_folder(tmp_path / "locks")
     (locks / "gpu-card0.card").write_text("left by someone")
-    claim_gpu([GpuCandidate(0, "card0")], directory=locks, wait_s=0)
+    claim_gpu([GpuCandidate(0, "card0")], directory=locks, wait_s=0).release()
     assert (locks / "gpu-card0.card").read_text() == "left by someone"
 
 
@@ -477,17 +587,32 @@ def test_auto_without_any_gpu_is_the_cpu_and_claims_nothing(monkeypatch, tmp_pat
     monkeypatch.setenv(gpu.LOCK_DIR_ENV, str(tmp_path / "locks"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    assert gpu.choose_device("auto") == torch.device("cpu")
-    assert gpu.choose_device("cpu") == torch.device("cpu")
+    assert gpu.choose_device("auto") == (torch.device("cpu"), None)
+    assert gpu.choose_device("cpu") == (torch.device("cpu"), None)
     assert not (tmp_path / "locks").exists()
 
 
-def test_a_card_a_scheduler_gave_the_job_is_used_without_a_claim(monkeypatch):
+def test_only_a_single_card_a_scheduler_gave_the_job_is_used_without_a_claim(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    assert gpu.scheduler_assigned() == "Slurm job 7 was given GPU(s) 3"
+    assert gpu.scheduler_assigned(1) == "Slurm job 7 was given one GPU (3)"
+    # snakemake run inside `salloc --gpus=4`: the allocation's jobs share its cards, so they claim.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert gpu.scheduler_assigned(4) is None
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert gpu.scheduler_assigned() is None  # a Slurm job without a GPU of its own still claims
+    assert gpu.scheduler_assigned(1) is None  # a Slurm job without a GPU of its own still claims
+
+
+def test_jobs_of_a_multi_gpu_allocation_claim_their_cards(fake_card, monkeypatch, claimers):
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(gpu, "visible_gpus", lambda: [GpuCandidate(0, "card0"), GpuCandidate(1, "card1")])
+    holder = claimers.start(keys="card0,card1")
+    assert claimers.holding(holder) == "card0"
+    device, claim = gpu.choose_device("cuda", "bench")
+    with claim:
+        assert device == torch.device("cuda", 1) and claim.card.key == "card1" and claim.how == "claimed"
 
 
 # --- the GPU path with stand-ins: the current device, native bf16, the run device's RNG --------
@@ -496,10 +621,16 @@ def test_a_card_a_scheduler_gave_the_job_is_used_without_a_claim(monkeypatch):
 @pytest.fixture
 def global_switches():
     """make_runtime sets torch's global switches: restore them after the test."""
+    from rdiunet.runtime import NEW_TF32_API
+
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
+    switches = [(matmul, "fp32_precision"), (cudnn.conv, "fp32_precision")] if NEW_TF32_API else []
+    switches = switches or [(matmul, "allow_tf32"), (cudnn, "allow_tf32")]
+    switches.append((cudnn, "benchmark"))
+    saved = [getattr(owner, name) for owner, name in switches]
     yield
-    matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved
+    for (owner, name), value in zip(switches, saved, strict=True):
+        setattr(owner, name, value)
 
 
 def bf16_card(native: bool):
@@ -512,7 +643,7 @@ def test_the_claimed_card_becomes_the_current_device(monkeypatch, global_switche
     from rdiunet import runtime
 
     current = []
-    monkeypatch.setattr(runtime, "choose_device", lambda spec, role, slots: torch.device("cuda", 1))
+    monkeypatch.setattr(runtime, "choose_device", lambda spec, role, slots: (torch.device("cuda", 1), None))
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_card(native=True))
     chosen = runtime.make_runtime("cuda", precision="auto")
@@ -564,3 +695,131 @@ def test_an_nvml_uuid_names_the_torch_device_only_when_it_is_that_card(monkeypat
     card = torch.device("cuda", 0)
     assert is_torch_device("GPU-1234-abcd", card) and is_torch_device("MIG-1234-abcd", card)
     assert not is_torch_device("GPU-1234-abce", card) and not is_torch_device(None, card)
+
+
+# --- what a shared card measures, and the card's clocks -----------------------------------------
+
+
+class BusyNVML(UuidNVML):
+    """A card with compute processes on it, and clock-event reasons."""
+
+    def __init__(self, uuids, processes=1, reasons=0, **kwargs):
+        super().__init__(uuids, **kwargs)
+        self.processes, self.reasons = processes, reasons
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return [SimpleNamespace(pid=100 + i, usedGpuMemory=2**30) for i in range(self.processes)]
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
+        return self.reasons
+
+
+def busy_summary(monkeypatch, nvml, **kwargs) -> dict:
+    pretend_torch_uuid(monkeypatch, "abcd")
+    with GpuSampler(None, torch.device("cuda", 0), period=0.02, nvml=nvml, **kwargs) as sampler:
+        time.sleep(0.05)
+    return sampler.summary()
+
+
+def test_energy_records_its_scope_and_a_card_used_alone_is_not_shared(monkeypatch):
+    summary = busy_summary(monkeypatch, BusyNVML({"GPU-abcd"}))
+    assert summary["energy_scope"] == "whole card" and summary["gpu_slots"] == 1
+    assert summary["processes_start"] == summary["processes_end"] == [{"pid": 100, "used_mib": 1024.0}]
+    assert summary["card_shared"] is None
+
+
+@pytest.mark.parametrize(
+    "nvml, options, says",
+    [
+        (lambda: BusyNVML({"GPU-abcd"}, processes=3), {}, "NVML saw 3 compute processes on the card"),
+        (lambda: BusyNVML({"GPU-abcd"}), {"gpu_slots": 2}, "gpu_slots 2: other trainings could run"),
+        (
+            lambda: BusyNVML({"MIG-abcd", "GPU-parent"}, mig_parent="GPU-parent"),
+            {},
+            "a MIG slice: energy and power are the parent card's",
+        ),
+    ],
+)
+def test_a_shared_card_is_said_to_be_shared(monkeypatch, nvml, options, says):
+    summary = busy_summary(monkeypatch, nvml(), **options)
+    assert says in summary["card_shared"]
+    if "MIG" in says:
+        assert summary["energy_scope"] == "MIG parent card"
+
+
+def test_sample_times_are_monotonic_when_the_wall_clock_steps_back(monkeypatch):
+    wall = iter(range(2_000_000_000, 0, -1000))  # every reading of the wall clock is earlier
+    monkeypatch.setattr(time, "time", lambda: float(next(wall)))
+    with GpuSampler(None, 0, period=0.01, nvml=StandInNVML(energy_counter=False)) as sampler:
+        time.sleep(0.1)
+    stamps = [sample[0] for sample in sampler.samples]
+    assert len(stamps) > 3 and stamps == sorted(stamps)
+    assert sampler.summary()["energy_j"] > 0  # the power integral did not run backwards
+
+
+def test_the_card_state_names_why_its_clock_is_held_down(monkeypatch):
+    from rdiunet.nvml import card_state
+
+    pretend_torch_uuid(monkeypatch, "abcd")
+    nvml = BusyNVML({"GPU-abcd"}, reasons=0x4 | 0x40)
+    assert card_state(torch.device("cuda", 0), nvml) == {
+        "sm_clock_mhz": 1755,
+        "clock_event_reasons": ["sw_power_cap", "hw_thermal_slowdown"],
+    }
+    assert card_state(torch.device("cpu"), nvml) == {}
+
+
+# --- the torch build against the driver -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "torch_version, build, driver_cuda, says",
+    [
+        ("2.13.0+cu130", "13.0", "12.8", "needs CUDA 13.0 but this machine has NVIDIA driver 570.86 (CUDA"),
+        ("2.13.0+cpu", None, "13.0", "is a CPU build but this machine has NVIDIA driver 570.86"),
+        ("2.13.0+cu130", "13.0", "11.4", "too old for any torch 2.13.0 build: update it to 525+"),
+    ],
+)
+def test_a_torch_build_the_driver_cannot_run_is_named_with_the_one_to_install(
+    monkeypatch, torch_version, build, driver_cuda, says
+):
+    monkeypatch.setattr(gpu, "driver_cuda_version", lambda: driver_cuda)
+    monkeypatch.setattr(gpu, "driver_version", lambda: "570.86")
+    monkeypatch.setattr(torch, "__version__", torch_version)
+    monkeypatch.setattr(torch.version, "cuda", build)
+    advice = gpu.wheel_advice()
+    assert says in advice and "\n" not in advice
+    if driver_cuda == "12.8":
+        assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" in advice
+        assert "(cu130 needs driver 580 or newer)" in advice
+    if build is None:
+        assert "whl/cu130" in advice
+
+
+@pytest.mark.parametrize("build, driver_cuda", [("12.8", "13.0"), ("12.6", "12.8"), ("13.0", None)])
+def test_a_torch_build_the_driver_can_run_needs_no_advice(monkeypatch, build, driver_cuda):
+    monkeypatch.setattr(gpu, "driver_cuda_version", lambda: driver_cuda)
+    monkeypatch.setattr(torch.version, "cuda", build)
+    assert gpu.wheel_advice() is None
+
+
+def test_the_drivers_cuda_version_is_read_from_nvidia_smi_without_nvml(monkeypatch, tmp_path):
+    fake = tmp_path / "nvidia-smi"
+    header = "| NVIDIA-SMI 570.86.15   Driver Version: 570.86.15   CUDA Version: 12.8 |"
+    fake.write_text(f"#!/bin/sh\necho '{header}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(gpu, "load_nvml", lambda: (None, "no NVML"))
+    assert gpu.driver_cuda_version() == "12.8"
+
+
+def test_a_user_who_set_the_new_tf32_switches_can_still_record_the_settings(global_switches):
+    from rdiunet.runtime import NEW_TF32_API, Runtime
+
+    if not NEW_TF32_API:
+        pytest.skip(f"torch {torch.__version__} has only the legacy TF32 switches")
+    torch.backends.cuda.matmul.fp32_precision = "ieee"  # the new API: the legacy reading now raises
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    settings = Runtime(torch.device("cpu"), "tf32", False).settings()
+    assert settings["matmul_allow_tf32"] is False and settings["cudnn_allow_tf32"] is True
+    assert settings["matmul_fp32_precision"] == "ieee"

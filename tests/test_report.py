@@ -75,6 +75,30 @@ def markdown_table(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines]
 
 
+def set_gpu_record(root: Path, run: str, record: dict) -> None:
+    path = root / "results" / run / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "gpu": record}))
+
+
+def test_the_energy_of_a_run_that_shared_its_card_is_neither_shown_nor_averaged(tmp_path):
+    write_tree(tmp_path)
+    alone = {"available": True, "energy_j_total": 1000.0, "card_shared": None}
+    shared = {**alone, "energy_j_total": 5000.0, "card_shared": "gpu_slots 2: other trainings could run"}
+    set_gpu_record(tmp_path, "jsrt/unet/seed0", alone)
+    set_gpu_record(tmp_path, "jsrt/unet/seed1", shared)
+    set_gpu_record(tmp_path, "jsrt/rdiunet/seed0", {**alone, "card_shared": "NVML saw 2 compute processes"})
+    set_gpu_record(tmp_path, "jsrt/rdiunet/seed1", {k: v for k, v in alone.items() if k != "card_shared"})
+    assert tables_cli(tmp_path).returncode == 0
+    table1 = pd.read_csv(tmp_path / "reports" / "table1.csv").set_index(["dataset", "model"])
+    assert table1.loc[("jsrt", "unet")].energy_j_mean == 1000.0  # seed 1's card was shared
+    assert math.isnan(table1.loc[("jsrt", "rdiunet")].energy_j_mean)  # neither is its own
+    note = (tmp_path / "reports" / "table1.md").read_text()
+    assert "Energy not shown** for 3 run(s)" in note and "the energy of the whole card" in note
+    assert "jsrt/unet/seed1: gpu_slots 2" in note and "jsrt/rdiunet/seed0: NVML saw 2" in note
+    assert "jsrt/rdiunet/seed1: whether the card was shared is not recorded" in note
+
+
 def test_markdown_and_html_tables_show_the_same_headers_and_cells(tmp_path):
     write_tree(tmp_path)
     assert tables_cli(tmp_path).returncode == 0

@@ -1,6 +1,5 @@
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from conftest import (
     TINY,
     TINY_OPTS,
     assert_one_line_error,
+    job_env,
     prepared_jsrt,
     run_cli,
     tiny_settings,
@@ -100,15 +100,22 @@ def test_run_folder_holds_every_output(trained):
     assert info["status"] == "complete" and info["seed"] == 0
     assert info["environment"]["torch"] == torch.__version__
     assert info["identity"]["precision"] == "tf32"
+    from rdiunet.runtime import NEW_TF32_API
+
+    new_api = {"matmul_fp32_precision": "tf32", "conv_fp32_precision": "tf32"} if NEW_TF32_API else {}
     assert info["settings"] == {
         "precision": "tf32",
         "autocast_dtype": None,
         "matmul_allow_tf32": True,
         "cudnn_allow_tf32": True,
+        **new_api,
         "tf32_applies": False,
         "channels_last": False,
+        "gpu_claim": None,
         "compile": False,
         "deterministic": True,
+        "cudnn_benchmark": False,
+        "gpu_slots": 1,
     }
     assert len(info["data_sha256"]) == 64
     # On the CPU the NVML record says why it is empty, and the run went on.
@@ -236,12 +243,12 @@ def train_cli(data, out, epochs, *extra):
 
 
 def run_train(command) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(command, capture_output=True, text=True, env=job_env(OMP_NUM_THREADS="1"))
 
 
 def start_and_interrupt(command, out, rows_before, sig):
     """Start training, wait until `rows_before` epochs are logged, then send `sig`."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = job_env(OMP_NUM_THREADS="1")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:

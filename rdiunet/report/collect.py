@@ -123,15 +123,35 @@ class Collection:
     excluded: list[Excluded] = field(default_factory=list)
     synthetic_runs: list[str] = field(default_factory=list)  # runs whose data was synthetic
     unchecked_data: list[str] = field(default_factory=list)  # datasets without a summary to check
+    shared_energy: list[str] = field(default_factory=list)  # runs whose energy is not shown, and why
 
     def synthetic(self, study: Study) -> bool:
         """Whether any number here comes from synthetic data, whatever the configuration says."""
         return study.synthetic or bool(self.synthetic_runs)
 
 
+SHARED_ENERGY = (
+    "NVML measures the energy of the whole card (of the parent card, for a MIG slice), so a run "
+    "that shared its card would be charged for the other work on it; such energies are neither "
+    "shown nor added up"
+)
+
+
+def energy_withheld(gpu: dict) -> str | None:
+    """Why a run's NVML energy is not its own (rdiunet.nvml: the energy is the whole card's), or
+    None where it is, or where nothing was measured."""
+    if not gpu.get("available") or gpu.get("energy_j_total") is None:
+        return None
+    if "card_shared" not in gpu:
+        return "whether the card was shared is not recorded (a run from an older rdiunet)"
+    return gpu["card_shared"]
+
+
 def run_records(dataset: str, model: str, seed: int, metrics: dict) -> list[dict]:
-    """One row per kept checkpoint: its test metrics and epoch, and the run's length and energy."""
+    """One row per kept checkpoint: its test metrics and epoch, and the run's length and energy
+    (none where the card was shared: another job's energy would be counted as this run's)."""
     gpu = metrics.get("gpu") if isinstance(metrics.get("gpu"), dict) else {}
+    energy = None if energy_withheld(gpu) else gpu.get("energy_j_total")
     return [
         {
             "dataset": dataset,
@@ -141,7 +161,7 @@ def run_records(dataset: str, model: str, seed: int, metrics: dict) -> list[dict
             **{metric: scores[metric] for metric in TEST_METRICS},
             "best_epoch": scores["epoch"],
             "epochs": metrics["epochs"],
-            "energy_j": gpu.get("energy_j_total"),
+            "energy_j": energy,
         }
         for name, scores in metrics["checkpoints"].items()
     ]
@@ -210,7 +230,7 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
     """Every run and benchmark of `study` in `results`, checked; `data` is the folder of the
     prepared data, whose checksums the runs must match (not checked where it is None)."""
     runs, histories, per_images, benches, speeds = [], [], [], [], []
-    excluded, synthetic, unchecked = [], [], []
+    excluded, synthetic, unchecked, shared = [], [], [], []
     for dataset in study.datasets:
         data_sha256 = prepared_sha256(data, dataset)
         if data_sha256 is None:
@@ -229,6 +249,9 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
                 per_images.append(per_image.assign(**labels))
                 if (run.get("data") or {}).get("synthetic"):
                     synthetic.append(f"{dataset}/{model}/seed{seed}")
+                withheld = energy_withheld(metrics.get("gpu") or {})
+                if withheld:
+                    shared.append(f"{dataset}/{model}/seed{seed}: {withheld}")
             try:
                 bench = read_bench(results, dataset, model)
                 benches.append({"dataset": dataset, "model": model, **bench_record(bench, study.protocol)})
@@ -253,4 +276,5 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
         excluded=excluded,
         synthetic_runs=synthetic,
         unchecked_data=unchecked,
+        shared_energy=shared,
     )

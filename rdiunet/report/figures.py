@@ -15,7 +15,7 @@ from rdiunet.fileio import atomic_path
 from rdiunet.metrics import dice
 from rdiunet.runfolder import RunFolder
 
-from .collect import Collection, Study, collect
+from .collect import Collection, Study, collect, energy_withheld
 from .figure_kinds import FIGURE_KINDS
 
 EXAMPLES = 4
@@ -157,7 +157,7 @@ def gpu_power(results: Path, dataset: str, collection: Collection, study: Study,
         if first and not samples.empty and "power_w" in samples and samples.power_w.notna().any():
             traces[model] = samples.assign(minutes=(samples.time - samples.time.iloc[0]) / 60)
         gpu = folder.read_metrics().get("gpu") or {}
-        if gpu.get("energy_j_total") is not None:
+        if gpu.get("energy_j_total") is not None and not energy_withheld(gpu):  # a shared card: not its own
             energies.append({"model": model, "seed": seed, "energy_kj": gpu["energy_j_total"] / 1000})
         if not gpu.get("available", False):
             reasons.add(gpu.get("reason", "no GPU record"))

@@ -18,7 +18,7 @@ from rdiunet.runfolder import RunFolder, bench_path
 
 from . import paper_check
 from .claims import RULES, claims_frame, evaluate_claims
-from .collect import Collection, Study, collect
+from .collect import SHARED_ENERGY, Collection, Study, collect
 from .columns import TABLE1, TABLE2, rendered
 from .figure_kinds import FIGURE_KINDS
 from .robustness import claim_columns, matrix, robustness_frame, summary
@@ -126,6 +126,8 @@ def report_command(results: Path, data: Path, figures: Path, timing: Path, confi
         # Data that is synthetic although the configuration says it is not: the worst mix-up.
         "mislabelled": [] if study.synthetic else collection.synthetic_runs,
         "excluded": collection.excluded,
+        "shared_energy": collection.shared_energy,
+        "shared_energy_why": SHARED_ENERGY,
         "claims": claims[claims.reading == "headline"].to_dict("records"),
         "headline": study.plan.headline,
         "readings": study.plan.readings,

@@ -15,7 +15,7 @@ from rdiunet.fileio import atomic_path
 from rdiunet.metrics import TEST_METRICS
 
 from . import paper_check
-from .collect import BENCH_COLUMNS, Collection, Study, collect, curve_table
+from .collect import BENCH_COLUMNS, SHARED_ENERGY, Collection, Study, collect, curve_table
 from .columns import TABLE1, TABLE2, fields, missing, rendered
 
 # Per-run quantities Table 1 averages over seeds: every test metric, and training energy.
@@ -136,6 +136,9 @@ def notes(collection: Collection, study: Study) -> str:
             f"> **Left out** ({len(collection.excluded)}): {left_out}. "
             "The seeds column counts the runs that remain.\n\n"
         )
+    if collection.shared_energy:
+        text += f"> **Energy not shown** for {len(collection.shared_energy)} run(s). {SHARED_ENERGY}: "
+        text += "; ".join(collection.shared_energy) + ".\n\n"
     return text
 
 
