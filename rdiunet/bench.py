@@ -58,15 +58,23 @@ def model_costs(sizes: tuple[int, ...] = (128, 256)) -> list[dict]:
 
 
 def run_protocol(
-    name: str, model: nn.Module, size: int, runtime: Runtime, settings: BenchSettings, batch_sizes
+    name: str,
+    model: nn.Module,
+    size: int,
+    runtime: Runtime,
+    settings: BenchSettings,
+    batch_sizes,
+    window_s: float | None = None,
 ):
-    """One protocol's measurement (rdiunet/speed.py)."""
+    """One protocol's measurement (rdiunet/speed.py); `window_s`: best_batch's throughput window."""
     if name == "graphed_b1":
         return graphed_b1(model, size, runtime, settings.runs, settings.warmup)
     if name == "end_to_end":
         return end_to_end(model, size, runtime, settings.runs, settings.warmup)
     eager = eager_b1(model, size, runtime, settings.runs, settings.warmup)
-    return eager if name == "eager_b1" else best_batch(eager, throughput(model, size, runtime, batch_sizes))
+    if name == "eager_b1":
+        return eager
+    return best_batch(eager, throughput(model, size, runtime, batch_sizes, window_s))
 
 
 def measure(model: nn.Module, size: int, runtime: Runtime, settings: BenchSettings, batch_sizes) -> dict:

@@ -124,6 +124,55 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench_command(settings, Path(args.out))
 
 
+def cmd_speed(args: argparse.Namespace) -> None:
+    from rdiunet.sessions import speed_command
+
+    models = {name: {"model": name} for name in args.model}
+    if args.models_json:
+        try:
+            labelled = json.loads(args.models_json)
+        except json.JSONDecodeError as error:
+            raise UserError(f"--models-json is not valid JSON ({error})") from None
+        if not isinstance(labelled, dict) or not all(isinstance(v, dict) for v in labelled.values()):
+            raise UserError('--models-json takes {"label": {"model": "name", "option": value}, ...}')
+        models |= labelled
+    if len(models) < 1:
+        raise UserError("name the models to time: --model NAME (repeatable) or --models-json")
+    first = next(iter(models.values()))
+    settings = settings_from(
+        BenchSettings,
+        args,
+        model=first.get("model", next(iter(models))),
+        batch_sizes=parse_batch_sizes(args.batch_sizes),
+        precisions=tuple(p for p in args.precisions.split(",") if p),
+    )
+    speed_command(models, settings, Path(args.out))
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    from rdiunet.verdicts import judge_command
+
+    judge_command(Path(args.scores), args.proposed, args.baseline, args.margin, args.claimed, args.json)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from rdiunet.calibration import calibrate_command
+
+    if args.studies < 10:
+        raise UserError(f"--studies must be at least 10, got {args.studies}")
+    designs = {}
+    for option, minimum in (("seeds", 2), ("subjects", 3)):
+        text = getattr(args, option)
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or min(values) < minimum:
+            raise UserError(f"--{option} takes integers of at least {minimum} like 5,20; got '{text}'")
+        designs[option] = values
+    calibrate_command(Path(args.out), args.studies, args.seed, **designs)
+
+
 def cmd_tables(args: argparse.Namespace) -> None:
     from rdiunet.report.tables import tables_command
 
@@ -296,26 +345,75 @@ def add_train_parser(verbs) -> None:
     train.set_defaults(handler=cmd_train)
 
 
-def add_bench_parser(verbs) -> None:
-    bench = verbs.add_parser("bench", help="latency, throughput, FLOPs, memory and energy of a model")
-    bench.add_argument("--model", required=True)
-    bench.add_argument("--size", type=int, required=True, help="image side in pixels")
-    bench.add_argument("--out", required=True, help="output .json")
-    bench.add_argument("--batch-sizes", default=None, help="default 1,8,64,256 on a GPU, 1,8 on the CPU")
-    bench.add_argument("--precision", default=BenchSettings.precision, choices=PRECISION_CHOICES)
-    bench.add_argument(
+def add_timing_arguments(command: argparse.ArgumentParser) -> None:
+    """How models are timed: the arguments bench and speed share (defaults from BenchSettings)."""
+    command.add_argument("--size", type=int, required=True, help="image side in pixels")
+    command.add_argument("--out", required=True, help="output .json")
+    command.add_argument("--batch-sizes", default=None, help="default 1,8,64,256 on a GPU, 1,8 on the CPU")
+    command.add_argument("--precision", default=BenchSettings.precision, choices=PRECISION_CHOICES)
+    command.add_argument(
         "--precisions",
         default=",".join(BenchSettings.precisions),
         help="precision readings measured with --protocol (on a GPU)",
     )
-    bench.add_argument("--protocol", default=BenchSettings.protocol, choices=tuple(PROTOCOLS))
-    bench.add_argument("--channels-last", action="store_true")
-    bench.add_argument(
+    command.add_argument("--protocol", default=BenchSettings.protocol, choices=tuple(PROTOCOLS))
+    command.add_argument("--channels-last", action="store_true")
+    command.add_argument(
         "--runs", type=int, default=BenchSettings.runs, help="timed batch-1 runs (at least 200 for Table 1)"
     )
-    bench.add_argument("--warmup", type=int, default=BenchSettings.warmup)
-    add_runtime_arguments(bench, BenchSettings)
+    command.add_argument("--warmup", type=int, default=BenchSettings.warmup)
+    add_runtime_arguments(command, BenchSettings)
+
+
+def add_bench_parser(verbs) -> None:
+    bench = verbs.add_parser("bench", help="latency, throughput, FLOPs, memory and energy of a model")
+    bench.add_argument("--model", required=True)
+    add_timing_arguments(bench)
     bench.set_defaults(handler=cmd_bench)
+
+    speed = verbs.add_parser(
+        "speed", help="time several models in interleaved sessions (the speed claim's interval)"
+    )
+    speed.add_argument(
+        "--model", action="append", default=[], help="a registered model with its defaults (repeatable)"
+    )
+    speed.add_argument(
+        "--models-json",
+        default=None,
+        help='labelled models with options, e.g. \'{"small": {"model": "unet", "widths": [8, 16, 32]}}\'',
+    )
+    speed.add_argument(
+        "--sessions", type=int, default=BenchSettings.sessions, help="interleaved rounds of timing"
+    )
+    add_timing_arguments(speed)
+    speed.set_defaults(handler=cmd_speed)
+
+
+def add_statistics_parsers(verbs) -> None:
+    judge = verbs.add_parser(
+        "judge", help="judge 'proposed is more accurate than baseline' from any per-image scores CSV"
+    )
+    judge.add_argument(
+        "scores", help="CSV with columns model, seed, image, subject, dice (one row per test image)"
+    )
+    judge.add_argument("--proposed", required=True, help="the model claimed to be better")
+    judge.add_argument("--baseline", required=True)
+    judge.add_argument(
+        "--margin", type=float, default=None, help="equivalence margin in Dice (default 0.005)"
+    )
+    judge.add_argument("--claimed", type=float, default=None, help="the claimed Dice gain (for the power)")
+    judge.add_argument("--json", action="store_true", help="print the judgement as JSON")
+    judge.set_defaults(handler=cmd_judge)
+
+    calibrate = verbs.add_parser(
+        "calibrate", help="the verdict rules' error rates on simulated studies with known truth"
+    )
+    calibrate.add_argument("--out", required=True, help="output .csv (one row per scenario and rule)")
+    calibrate.add_argument("--studies", type=int, default=200, help="simulated studies per scenario")
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--seeds", default="3,5,10,20", help="seeds per model in the simulated designs")
+    calibrate.add_argument("--subjects", default="5,20,60", help="test subjects in the simulated designs")
+    calibrate.set_defaults(handler=cmd_calibrate)
 
 
 def add_report_parsers(verbs) -> None:
@@ -357,6 +455,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
 
     add_bench_parser(verbs)
+    add_statistics_parsers(verbs)
     add_report_parsers(verbs)
     return top
 

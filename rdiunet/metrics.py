@@ -9,13 +9,17 @@ Conventions (the report states them too):
   positive scores 0. Tools disagree here (nnU-Net and MONAI return NaN, smp returns 1); such
   images are counted separately so their effect on the mean can be judged.
 - HD95 in pixels: the 95th percentile of the pooled surface distances in both directions
-  (medpy's definition; MONAI's takes the larger of the two directed percentiles). Undefined when
-  either mask is empty: NaN, counted, never silently dropped.
+  (medpy's definition; MONAI's takes the larger of the two directed percentiles). Where exactly one
+  mask is empty there is no surface to measure from: the image scores the image diagonal, the
+  largest distance possible, and is counted (`hd95_at_diagonal`), so that a model predicting
+  nothing is not rewarded by being left out of the median. Both empty: 0 (nothing to find, nothing
+  found).
 - Test metrics: TEST_METRICS names every number a run reports on its test split. Evaluation
   writes each one to metrics.json, collection copies each one, and Table 1 averages each one over
   seeds: adding a metric is one entry there.
-- Stability: the number of epochs whose validation Dice fell by `drop` (0.05) or more from the
-  previous epoch. Convergence: the first 1-based epoch whose validation Dice exceeds a threshold.
+- Stability: the number of epochs whose validation Dice fell by more than `drop` (0.05) from the
+  previous epoch, as the paper words it. Convergence: the first 1-based epoch whose validation
+  Dice reaches the threshold.
 """
 
 import math
@@ -26,7 +30,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-# Differences like 0.80 - 0.75 land a hair below 0.05 in binary floating point.
+# Differences like 0.85 - 0.80 land a hair above 0.05 in binary floating point: a drop of exactly
+# the threshold is not "more than" it, and a Dice a hair below the threshold still reaches it.
 FLOAT_SLACK = 1e-9
 
 
@@ -95,10 +100,12 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 def hd95(pred: Mask, target: Mask) -> float:
     """Symmetric 95th-percentile Hausdorff distance in pixels of two 2-D masks (numpy arrays or
-    torch tensors); NaN if either is empty."""
+    torch tensors); the image diagonal where exactly one is empty, 0 where both are."""
     pred, target = as_numpy(pred).astype(bool), as_numpy(target).astype(bool)
+    if not pred.any() and not target.any():
+        return 0.0
     if not pred.any() or not target.any():
-        return math.nan
+        return float(math.hypot(*pred.shape))
     pred_surface, target_surface = _surface(pred), _surface(target)
     to_target = ndimage.distance_transform_edt(~target_surface)[pred_surface]
     to_pred = ndimage.distance_transform_edt(~pred_surface)[target_surface]
@@ -106,14 +113,14 @@ def hd95(pred: Mask, target: Mask) -> float:
 
 
 def stability(dice_per_epoch: Sequence[float], drop: float) -> int:
-    """Number of epochs whose Dice fell by `drop` or more from the previous epoch."""
+    """Number of epochs whose Dice fell by more than `drop` from the previous epoch."""
     values = np.asarray(dice_per_epoch, dtype=float)
-    return int((values[:-1] - values[1:] >= drop - FLOAT_SLACK).sum())
+    return int((values[:-1] - values[1:] > drop + FLOAT_SLACK).sum())
 
 
 def convergence(dice_per_epoch: Sequence[float], threshold: float) -> int | None:
-    """First 1-based epoch whose Dice exceeds `threshold`; None if it never does."""
-    above = np.flatnonzero(np.asarray(dice_per_epoch, dtype=float) > threshold)
+    """First 1-based epoch whose Dice reaches `threshold`; None if it never does."""
+    above = np.flatnonzero(np.asarray(dice_per_epoch, dtype=float) >= threshold - FLOAT_SLACK)
     return int(above[0]) + 1 if len(above) else None
 
 
@@ -131,18 +138,13 @@ class Scores:
     pred_empty: np.ndarray
 
 
-def median_defined(values: np.ndarray) -> float | None:
-    defined = values[~np.isnan(values)]
-    return float(np.median(defined)) if len(defined) else None
-
-
 TEST_METRICS = {
     "dice": lambda s: float(s.dice.mean()),
     "iou": lambda s: float(s.iou.mean()),
     "dice_dataset": lambda s: float(dice_from_counts(s.counts.sum(0))),
     "iou_dataset": lambda s: float(iou_from_counts(s.counts.sum(0))),
-    "hd95_median": lambda s: median_defined(s.hd95),
-    "hd95_undefined": lambda s: int(np.isnan(s.hd95).sum()),
+    "hd95_median": lambda s: float(np.median(s.hd95)),
+    "hd95_at_diagonal": lambda s: int((s.gt_empty != s.pred_empty).sum()),
     "gt_empty": lambda s: int(s.gt_empty.sum()),
     "false_positive_on_empty": lambda s: int((s.gt_empty & ~s.pred_empty).sum()),
     "test_loss": lambda s: s.loss,

@@ -20,6 +20,15 @@ def bench_path(results: Path, dataset: str, model: str) -> Path:
     return Path(results) / dataset / model / "bench.json"
 
 
+def speed_path(results: Path, dataset: str) -> Path:
+    """The interleaved timing sessions of every model of a dataset (rdiunet.sessions)."""
+    return Path(results) / dataset / "speed.json"
+
+
+def read_speed(results: Path, dataset: str) -> dict:
+    return read_json(speed_path(results, dataset), "run the workflow (or rdiunet speed) for it first")
+
+
 def read_bench(results: Path, dataset: str, model: str) -> dict:
     return read_json(bench_path(results, dataset, model), "run the workflow (or rdiunet bench) for it first")
 

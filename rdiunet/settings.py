@@ -98,6 +98,7 @@ class BenchSettings:
     batch_sizes: tuple[int, ...] | None = None  # None: 1,8,64,256 on a GPU, 1,8 on the CPU
     runs: int = 200  # timed batch-1 runs (at least 200 for Table 1)
     warmup: int = 20
+    sessions: int = 5  # interleaved timing sessions of `rdiunet speed` (the speed claim's interval)
     threads: int | None = None  # CPU threads; None: torch's default
     model_options: dict = field(default_factory=dict)
 
@@ -107,6 +108,7 @@ class BenchSettings:
             raise UserError(f"--size must be a positive multiple of 16, got {self.size}")
         at_least("--runs", self.runs, 1)
         at_least("--warmup", self.warmup, 0)
+        at_least("--sessions", self.sessions, 1)
         if self.threads is not None:
             at_least("--threads", self.threads, 1)
         if self.batch_sizes is not None and (not self.batch_sizes or min(self.batch_sizes) < 1):

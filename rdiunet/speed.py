@@ -216,12 +216,16 @@ def timed_window(forward, timer: Timer, pool: list[torch.Tensor], runtime: Runti
     return batches, total_ms, sampler.summary()
 
 
-def throughput(model: nn.Module, size: int, runtime: Runtime, batch_sizes: tuple[int, ...]) -> list[dict]:
+def throughput(
+    model: nn.Module, size: int, runtime: Runtime, batch_sizes: tuple[int, ...], window_s: float | None = None
+) -> list[dict]:
     """Images per second at each batch size above 1, timed as one window (the module's
     docstring), with each batch size's peak memory above the model's own and, where NVML answers,
-    its energy per image."""
+    its energy per image. `window_s` overrides the window (a timing session's shorter one, whose
+    energy is not used)."""
     forward, timer = forward_of(model, runtime), Timer(runtime.device)
-    window_s = ENERGY_WINDOW_S if runtime.cuda and load_nvml()[0] is not None else THROUGHPUT_WINDOW_S
+    if window_s is None:
+        window_s = ENERGY_WINDOW_S if runtime.cuda and load_nvml()[0] is not None else THROUGHPUT_WINDOW_S
     rows = []
     for batch in [b for b in batch_sizes if b > 1]:
         # The previous batch size's inputs are gone before this one's peak is counted.

@@ -17,8 +17,8 @@ RUNS = {
     ("jsrt", "unet", 0): (0.90, 0.82, 3.0, [0.5, 0.92, 0.85, 0.91]),  # one drop; converges at 2
     ("jsrt", "unet", 1): (0.94, 0.88, 5.0, [0.6, 0.7, 0.8, 0.85]),  # never above 0.9
     ("jsrt", "rdiunet", 0): (0.96, 0.92, 2.0, [0.7, 0.95, 0.96, 0.97]),
-    ("jsrt", "rdiunet", 1): (0.98, 0.96, 1.0, [0.91, 0.93, 0.88, 0.95]),  # 0.93 -> 0.88: a drop
-    ("isic", "unet", 0): (0.70, 0.60, 8.0, [0.5, 0.8, 0.75, 0.70]),  # two drops of exactly 0.05
+    ("jsrt", "rdiunet", 1): (0.98, 0.96, 1.0, [0.91, 0.93, 0.87, 0.95]),  # 0.93 -> 0.87: a drop
+    ("isic", "unet", 0): (0.70, 0.60, 8.0, [0.5, 0.8, 0.75, 0.70]),  # two falls of exactly 0.05: no drop
     ("isic", "unet", 1): (0.72, 0.62, 9.0, [0.5, 0.6, 0.76, 0.8]),
     ("isic", "rdiunet", 0): (0.80, 0.70, 4.0, [0.76, 0.77, 0.78, 0.79]),
     ("isic", "rdiunet", 1): (0.82, 0.72, 6.0, [0.6, 0.7, 0.8, 0.81]),
@@ -39,7 +39,7 @@ def metrics_of(dice: float, iou: float, hd: float) -> dict:
         "dice_dataset": dice + 0.01,
         "iou_dataset": iou + 0.01,
         "hd95_median": hd,
-        "hd95_undefined": 0,
+        "hd95_at_diagonal": 0,
         "gt_empty": 0,
         "false_positive_on_empty": 0,
         "test_loss": 0.1,
@@ -122,4 +122,60 @@ def write_tree(root: Path, models=("unet", "rdiunet")) -> Path:
             "environment": {"device_name": "Test CPU"},
         }
         (results / dataset / name / "bench.json").write_text(json.dumps(bench))
+    for dataset in SIZES:
+        write_speed(results, dataset, models)
     return results
+
+
+SESSION_JITTER = (1.0, 1.02, 0.99)  # the machine's state in each of three interleaved sessions
+
+
+def write_speed(results: Path, dataset: str, models=("unet", "rdiunet")) -> None:
+    """speed.json: every model in three interleaved sessions, each protocol at BENCH's ms (grown
+    3.2x at 256 px) times the session's jitter; CUDA graphs and other precisions not measured."""
+    rows = []
+    for session, jitter in enumerate(SESSION_JITTER):
+        for model, name in zip(("unet", "rdiunet"), models, strict=True):
+            ms = BENCH[model][2] * (3.2 if SIZES[dataset] == 256 else 1.0) * jitter
+            for protocol, value in (("eager_b1", ms), ("best_batch", ms / 4), ("end_to_end", ms + 1)):
+                rows.append(
+                    {
+                        "model": name,
+                        "session": session,
+                        "precision": "tf32",
+                        "protocol": protocol,
+                        "ms": value,
+                        "reason": None,
+                    }
+                )
+            rows.append(
+                {
+                    "model": name,
+                    "session": session,
+                    "precision": "tf32",
+                    "protocol": "graphed_b1",
+                    "ms": None,
+                    "reason": "CUDA graphs need a CUDA device",
+                }
+            )
+            for precision in ("fp32", "bf16"):
+                rows.append(
+                    {
+                        "model": name,
+                        "session": session,
+                        "precision": precision,
+                        "protocol": "eager_b1",
+                        "ms": None,
+                        "reason": "not measured on this device (cpu)",
+                    }
+                )
+    speed = {
+        "size": SIZES[dataset],
+        "sessions": len(SESSION_JITTER),
+        "precision": "tf32",
+        "protocol": "eager_b1",
+        "device_type": "cpu",
+        "timings": rows,
+        "environment": {"device_name": "Test CPU"},
+    }
+    (results / dataset / "speed.json").write_text(json.dumps(speed))

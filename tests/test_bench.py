@@ -239,3 +239,43 @@ def test_gpu_acceptance_script_keeps_to_its_budget_and_still_reports(tmp_path):
     assert list(report["steps"]) == STEPS and report["budget_s"] == 3
     assert all(step["status"].startswith("cut: ") for step in report["steps"].values()), report["steps"]
     assert "written:" in result.stdout
+
+
+# --- rdiunet speed: every model of a dataset in interleaved sessions ------------------------------
+
+
+def test_speed_times_every_model_in_interleaved_sessions(tmp_path):
+    from conftest import TINY
+
+    out = tmp_path / "speed.json"
+    models = {"small": {"model": "rdiunet", **TINY}, "unet": {"model": "unet", "widths": [4, 8, 16, 32, 64]}}
+    result = run_cli(
+        "speed", "--models-json", json.dumps(models), "--size", "32", "--sessions", "2", "--runs", "3",
+        "--warmup", "1", "--batch-sizes", "1,2", "--device", "cpu", "--threads", "1", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    headline = [r for r in report["timings"] if r["protocol"] == "eager_b1" and r["precision"] == "tf32"]
+    # One row per model and session, the order alternating so that no model always goes first.
+    assert [(r["model"], r["session"]) for r in headline] == [
+        ("small", 0),
+        ("unet", 0),
+        ("unet", 1),
+        ("small", 1),
+    ]
+    assert all(r["ms"] > 0 for r in headline)
+    graphed = [r for r in report["timings"] if r["protocol"] == "graphed_b1"]
+    assert all(r["ms"] is None and "CUDA" in r["reason"] for r in graphed)
+    assert {r["protocol"] for r in report["timings"] if r["ms"]} == {"eager_b1", "best_batch", "end_to_end"}
+    assert report["device_type"] == "cpu" and report["sessions"] == 2
+    assert report["models"]["small"]["model"] == "rdiunet" and report["models"]["small"]["params"] > 0
+    assert "small @ 32px" in result.stdout and "mean of 2 sessions" in result.stdout
+
+
+def test_speed_needs_models_named_in_one_line(tmp_path):
+    out = tmp_path / "speed.json"
+    assert_one_line_error(run_cli("speed", "--size", "32", "--out", out), "name the models to time")
+    assert_one_line_error(
+        run_cli("speed", "--models-json", "{", "--size", "32", "--out", out), "not valid JSON"
+    )
+    assert not out.exists()

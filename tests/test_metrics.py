@@ -59,12 +59,14 @@ def test_hd95_pools_both_directions():
     assert hd95(pred, truth) == pytest.approx(np.percentile([0, 0, 6], 95))
 
 
-def test_hd95_identical_masks_is_zero_and_empty_is_nan():
-    square = np.zeros((16, 16), bool)
+def test_hd95_identical_masks_is_zero_and_one_empty_mask_is_the_diagonal():
+    square = np.zeros((16, 32), bool)
     square[4:12, 4:12] = True
+    empty = np.zeros_like(square)
     assert hd95(square, square) == 0.0
-    assert math.isnan(hd95(square, np.zeros_like(square)))
-    assert math.isnan(hd95(np.zeros_like(square), np.zeros_like(square)))
+    # A model that predicts nothing scores the worst distance there is, not a gap in the median.
+    assert hd95(empty, square) == hd95(square, empty) == pytest.approx(math.hypot(16, 32))
+    assert hd95(empty, empty) == 0.0
 
 
 def test_hd95_shifted_square():
@@ -76,17 +78,20 @@ def test_hd95_shifted_square():
     assert hd95(a, b) == pytest.approx(3.0)
 
 
-def test_stability_counts_drops_of_at_least_the_threshold():
-    # 0.80 -> 0.75 and 0.75 -> 0.70 are drops of exactly 0.05 (which floating point puts a hair
-    # on either side); 0.90 -> 0.60 is a large one; 0.70 -> 0.66 is not enough.
-    assert stability([0.5, 0.8, 0.75, 0.7, 0.66, 0.9, 0.6], drop=0.05) == 3
+def test_stability_counts_drops_of_more_than_the_threshold():
+    # The paper: drops of "more than" 0.05. 0.85 -> 0.80 and 0.75 -> 0.70 are drops of exactly
+    # 0.05 (which floating point puts a hair on either side): not counted; 0.90 -> 0.60 and
+    # 0.70 -> 0.64 are.
+    assert stability([0.5, 0.85, 0.8, 0.75, 0.7, 0.64, 0.9, 0.6], drop=0.05) == 2
     assert stability([0.5, 0.6, 0.7], drop=0.05) == 0
     assert stability([0.9], drop=0.05) == 0
     assert stability([0.9, 0.85], drop=0.1) == 0
+    assert stability([0.9, 0.79], drop=0.1) == 1
 
 
-def test_convergence_is_the_first_epoch_strictly_above():
-    assert convergence([0.5, 0.7, 0.71, 0.9], 0.7) == 3
+def test_convergence_is_the_first_epoch_that_reaches_the_threshold():
+    assert convergence([0.5, 0.69, 0.7, 0.9], 0.7) == 3  # reaching 0.7 is enough
+    assert convergence([0.5, 0.7 - 1e-12, 0.9], 0.7) == 2  # a floating-point hair below still reaches it
     assert convergence([0.95, 0.2], 0.9) == 1
     assert convergence([0.5, 0.6], 0.7) is None
 

@@ -16,12 +16,11 @@ from snakemake_interface_common.exceptions import WorkflowError
 from rdiunet.bench import count_parameters
 from rdiunet.data.prepare import prepare
 from rdiunet.models import build
-from rdiunet.readings import WORKFLOW_KEYS, ConfigError, resolve
+from rdiunet.readings import PROTOCOLS, WORKFLOW_KEYS, ConfigError, resolve
 from rdiunet.report import paper_check
 from rdiunet.report.claims import evaluate_claims
-from rdiunet.report.collect import Collection, Study
+from rdiunet.report.collect import Collection, Study, mean_speeds
 from rdiunet.report.robustness import robustness_frame
-from rdiunet.stats import bootstrap_ci
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -201,9 +200,9 @@ def handmade_study(seeds: int = 5) -> Study:
 
 def handmade_collection(study: Study, dice: dict[str, float]) -> Collection:
     """Valid runs whose per-image Dice is `dice[model]` plus noise, the same under every
-    checkpoint; curves, costs and speeds equal for every model."""
+    checkpoint; curves, costs and speeds equal for every model (timed on a GPU)."""
     rng = np.random.default_rng(0)
-    runs, per_image, histories, benches, speeds = [], [], [], [], []
+    runs, per_image, histories, benches, timings = [], [], [], [], []
     for dataset, model in study.plan.pairs:
         for seed in study.seeds:
             scores = np.clip(dice[model] + rng.normal(0, 0.01, 30), 0, 1)
@@ -221,24 +220,23 @@ def handmade_collection(study: Study, dice: dict[str, float]) -> Collection:
                 | {c: v for c in ("val_dice", "val_dice_pooled", "val_soft_dice", "train_soft_dice")}
                 for e, v in enumerate(curve)
             ]
-        benches.append({"dataset": dataset, "model": model, "params": 10, "device": "cpu"})
-        speeds += [
-            {
-                "dataset": dataset,
-                "model": model,
-                "precision": "tf32",
-                "protocol": p,
-                "ms": 1.0,
-                "reason": None,
-            }
-            for p in ("eager_b1", "graphed_b1", "best_batch", "end_to_end")
+        benches.append({"dataset": dataset, "model": model, "params": 10, "device": "GPU"})
+        timings += [
+            {"dataset": dataset, "model": model, "session": session, "precision": precision, "protocol": p}
+            | {"ms": 1.0 + 0.01 * session, "reason": None}
+            for precision, protocols in (("tf32", PROTOCOLS), ("fp32", ["eager_b1"]), ("bf16", ["eager_b1"]))
+            for p in protocols
+            for session in range(3)
         ]
+    timing_frame = pd.DataFrame(timings)
     return Collection(
         pd.DataFrame(runs),
         pd.DataFrame(histories),
         pd.DataFrame(per_image),
         pd.DataFrame(benches),
-        pd.DataFrame(speeds),
+        mean_speeds(timing_frame),
+        timing_frame,
+        {dataset: ("cuda", "Test GPU") for dataset in study.datasets},
     )
 
 
@@ -252,30 +250,33 @@ def test_a_reading_that_flips_a_claim_is_named_in_the_summary():
     # rdiunet beats the parameter-matched unet but not the textbook one.
     frame = robustness({"unet": 0.80, "unet_classic": 0.90, "rdiunet": 0.85})
     assert frame.loc["headline", "accuracy: d1"] == "reproduced"
-    assert frame.loc["baseline = unet_classic", "accuracy: d1"] == "not reproduced"
+    assert frame.loc["baseline = unet_classic", "accuracy: d1"] == "contradicted"
     assert frame.loc["summary", "accuracy: d1"] == "depends on: baseline = unet_classic"
-    assert frame.loc["summary", "stability"] == "robust (not reproduced)"  # equal drops both ways
+    # Equal drops both ways, in every run: no difference, a verdict that holds under every reading.
+    assert frame.loc["headline", "stability: d1"] == "equivalent"
+    assert frame.loc["summary", "stability: d1"] == "robust (equivalent)"
+    # Equal speed: not 20% faster, on every reading that can change it.
+    assert frame.loc["summary", "speed: d2"] == "robust (contradicted)"
 
 
-def test_a_claim_that_holds_under_every_reading_is_robust():
+def test_a_claim_that_holds_under_every_reading_is_robust_and_other_factors_are_the_same_runs():
     frame = robustness({"unet": 0.70, "unet_classic": 0.72, "rdiunet": 0.90})
     assert frame.loc["summary", "accuracy: d1"] == "robust (reproduced)"
     assert frame.loc["summary", "accuracy: d2"] == "robust (reproduced)"
+    # A Dice curve cannot change accuracy or speed; a checkpoint cannot change speed.
+    assert frame.loc["curve = val_soft_dice", "accuracy: d1"] == "same runs"
+    assert frame.loc["checkpoint = last", "speed: d1"] == "same runs"
+    assert frame.loc["checkpoint = last", "accuracy: d1"] == "reproduced"
+    assert frame.loc["precision = fp32", "stability: d2"] == "same runs"
 
 
-# --- the cluster bootstrap ----------------------------------------------------------------------------
-
-
-def test_resampling_subjects_widens_the_interval_when_frames_are_correlated():
-    rng = np.random.default_rng(1)
-    subjects = np.repeat(np.arange(12), 20)  # 12 subjects, 20 near-duplicate frames each
-    differences = rng.normal(0.02, 0.05, 12)[subjects] + rng.normal(0, 0.005, len(subjects))
-    frame_low, frame_high = bootstrap_ci(differences)
-    subject_low, subject_high = bootstrap_ci(differences, groups=subjects.tolist())
-    assert subject_high - subject_low > 2 * (frame_high - frame_low)
-    assert subject_low < differences.mean() < subject_high
-    # Without repeated groups the cluster bootstrap is the frame bootstrap.
-    assert bootstrap_ci(differences, groups=list(range(len(differences)))) == (frame_low, frame_high)
+def test_an_inconclusive_headline_is_never_robust():
+    frame = robustness({"unet": 0.80, "unet_classic": 0.80, "rdiunet": 0.80})
+    headline = frame.loc["headline", "accuracy: d1"]
+    if headline == "inconclusive":
+        assert frame.loc["summary", "accuracy: d1"] == "not settled (inconclusive)"
+    else:  # a tight interval around 0 is a decisive "no difference"
+        assert headline == "equivalent"
 
 
 # --- the paper's own consistency ---------------------------------------------------------------------
@@ -314,26 +315,18 @@ def test_the_papers_jsrt_rdiunet_cell_cannot_come_from_one_set_of_masks():
 def test_too_few_subjects_give_no_interval_and_no_verdict():
     from rdiunet.report.claims import accuracy
 
-    runs, per_image = [], []
-    for seed in range(5):
-        for model, shift in (("unet", 0.0), ("rdiunet", 0.05)):
-            runs.append({"dataset": "d", "model": model, "seed": seed, "dice": 0.8 + shift})
-            per_image += [
-                {
-                    "dataset": "d",
-                    "model": model,
-                    "seed": seed,
-                    "id": f"s{k // 10}_{k}",
-                    "group": f"s{k // 10}",
-                }
-                | {"dice": 0.8 + shift + 0.001 * k}
-                for k in range(30)  # 3 subjects of 10 frames
-            ]
-    verdict, evidence = accuracy("d", pd.DataFrame(runs), pd.DataFrame(per_image), "rdiunet", "unet")
-    assert verdict == "inconclusive"
-    assert (
-        "no interval from fewer than 5 resampling units (subjects (3))" in evidence and "nan" not in evidence
+    per_image = [
+        {"dataset": "d", "model": model, "seed": seed, "id": f"s{k // 10}_{k}", "group": f"s{k // 10}"}
+        | {"dice": 0.8 + shift + 0.001 * k}
+        for seed in range(5)
+        for model, shift in (("unet", 0.0), ("rdiunet", 0.05))
+        for k in range(20)  # 2 subjects of 10 frames
+    ]
+    verdict = accuracy(
+        handmade_study(), "d1", pd.DataFrame(per_image).assign(dataset="d1"), "rdiunet", "unet", "x"
     )
+    assert verdict.verdict == "inconclusive" and verdict.judgement.reason == "too few subjects"
+    assert "nan" not in verdict.evidence and "2 subjects" in verdict.evidence
 
 
 # --- the readings the same runs answer --------------------------------------------------------------
@@ -382,14 +375,17 @@ def test_every_reading_of_the_same_runs_is_a_row_and_unmeasurable_ones_say_so(tm
     assert (
         len(frame) == 1 + 3 + 2 + 2 + 3 + 1
     )  # headline, curves, checkpoints, precisions, protocols, summary
-    assert frame.loc["protocol = graphed_b1", "speed"] == "not measured"
-    assert frame.loc["precision = fp32", "speed"] == "not measured"
-    assert (
-        frame.loc["protocol = best_batch", "speed"] == "reproduced"
-    )  # 33% faster at every protocol measured
-    assert frame.loc["summary", "speed"] == "robust (reproduced)"  # not-measured rows do not count
+    assert frame.loc["protocol = graphed_b1", "speed: jsrt"] == "not measured"
+    assert frame.loc["precision = fp32", "speed: jsrt"] == "not measured"
+    # 33% faster at every protocol measured, but on a CPU: no verdict on the paper's GPU claim.
+    assert frame.loc["protocol = best_batch", "speed: jsrt"] == "not comparable"
+    assert frame.loc["summary", "speed: jsrt"] == "not settled (not comparable)"
+    assert frame.synthetic.all()
     claims = pd.read_csv(out.with_name("claims.csv"))
     assert set(claims.reading) == set(frame.index) - {"summary"}
+    assert claims.synthetic.all() and claims[claims.primary].reading.eq("headline").all()
+    speed = claims[(claims.reading == "headline") & (claims.claim == "speed")].iloc[0]
+    assert speed.reported_as == "not comparable" and speed.low < speed.effect < speed.high
     page = out.read_text()
     assert "Speed protocols: growth from 128² to 256²" in page
     growth = pd.DataFrame(growth_rows(tmp_path, CONFIG)).set_index(["protocol", "model"])

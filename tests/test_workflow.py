@@ -39,6 +39,7 @@ def test_paper_run_plans_the_full_grid(tmp_path):
     # headline partner on 3 datasets, the headline pair on nerve_by_image: 14 pairs x 5 seeds.
     assert jobs["train"] == 14 * 5
     assert jobs["bench"] == 14
+    assert jobs["speed"] == 4  # every model of a dataset in one job of interleaved sessions
     assert jobs["tables"] == jobs["figures"] == jobs["report"] == jobs["all"] == 1
     for variant in ("results/nerve_by_image/rdiunet/seed4", "results/jsrt/unet_classic/seed0"):
         assert variant in result.stdout
@@ -204,6 +205,13 @@ def test_schema_model_options_are_the_constructors_arguments():
         assert options == arguments, name
 
 
+def test_margin_defaults_are_the_verdict_engines():
+    from rdiunet.verdicts import MARGINS
+
+    margins = yaml.safe_load(SCHEMA.read_text())["properties"]["margins"]["properties"]
+    assert {claim: spec["default"] for claim, spec in margins.items()} == MARGINS
+
+
 def test_stability_drop_default_is_the_papers():
     assert (
         yaml.safe_load(SCHEMA.read_text())["properties"]["stability_drop"]["default"] == paper.STABILITY_DROP
@@ -263,7 +271,11 @@ def test_demo_outputs_meet_the_data_contracts(demo):
         summary = yaml.safe_load((root / "data" / "prepared" / f"{dataset}.json").read_text())
         assert summary["synthetic"] is True
         assert summary["split"]["by"] == ("image" if dataset == "nerve_by_image" else "subject")
-        assert sorted(p.name for p in (root / "results" / dataset).iterdir()) == sorted(DEMO_RUNS[dataset])
+        results = sorted(p.name for p in (root / "results" / dataset).iterdir())
+        assert results == sorted([*DEMO_RUNS[dataset], "speed.json"])
+        speed = yaml.safe_load((root / "results" / dataset / "speed.json").read_text())
+        timed = {(row["model"], row["session"]) for row in speed["timings"] if row["ms"] is not None}
+        assert timed == {(model, s) for model in DEMO_RUNS[dataset] for s in range(3)}  # 3 sessions each
         for model in DEMO_RUNS[dataset]:
             bench = yaml.safe_load((root / "results" / dataset / model / "bench.json").read_text())
             assert bench["latency_ms"]["median"] > 0

@@ -1,60 +1,86 @@
-"""Verdicts on the paper's claims, each from a rule stated beside it, under every reading.
+"""The paper's claims judged under every reading, each by a rule of rdiunet.verdicts.
 
-A reading (rdiunet.readings) names the proposed model, the baseline and the datasets; the rules
-below judge each claim for that pair on each dataset. Seed-based claims (accuracy, stability,
-convergence) need at least MIN_SEEDS paired seeds: with fewer, a one-sided Wilcoxon test cannot
-reach p < 0.05 (its smallest p with n pairs is 1/2^n), so the verdict is "inconclusive" rather
-than a guess.
+A reading (rdiunet.readings) names the proposed model, the baseline and the datasets; each claim
+is judged for that pair on each dataset (parameters once). The headline reading is the primary
+analysis, declared before any result: its verdicts are at alpha 0.05 as they stand. The other
+readings are sensitivity analyses: their verdicts are shown too, with Holm-adjusted p-values over
+all of them (statsmodels), and a sensitivity verdict whose adjusted p-value is not below alpha is
+marked so.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import numpy as np
 import pandas as pd
+from statsmodels.stats.multitest import multipletests
 
-from rdiunet import paper
+from rdiunet import paper, verdicts
+from rdiunet.errors import UserError
 from rdiunet.readings import Reading
-from rdiunet.stats import MIN_UNITS, compare, wilcoxon_greater
+from rdiunet.verdicts import ALPHA, INCONCLUSIVE, NOT_MEASURED, Judgement
 
 from .collect import Collection, Study, curve_table
 
-MIN_SEEDS = 5
-ALPHA = 0.05
-SPEED_GAIN = 0.20
-FEWER_PARAMETERS = 0.60
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
-# A speed reading the benchmark's device cannot measure (a CUDA graph or TF32 on a CPU): no verdict.
-NOT_MEASURED = "not measured"
+SPEED_GAIN = 0.20  # "20-30% faster": at least 20%
+FEWER_PARAMETERS = 0.60  # "62% fewer": the paper's 15.6M -> 5.9M, rounded down
 PER_DATASET = ("accuracy", "speed", "stability", "convergence")
+CLAIMS = (*PER_DATASET, "parameters")
 
 RULES = {
     "accuracy": (
-        f"Per dataset, over >= {MIN_SEEDS} seeds: reproduced if a one-sided paired Wilcoxon signed-rank "
-        f"test of per-seed test Dice (proposed > baseline) gives p < {ALPHA} and the paired bootstrap 95% "
-        "CI of the per-image Dice difference (each image's Dice averaged over seeds; whole subjects "
-        "resampled where a dataset has several images per subject) lies above 0; not reproduced if that "
-        f"CI lies below 0 or the opposite one-sided test gives p < {ALPHA}; otherwise inconclusive."
+        "Per dataset: the difference in mean test Dice (proposed - baseline) over every seed and test "
+        "image, with a 95% interval that counts both training randomness (each model's per-seed means, "
+        "seeds unpaired) and the sampling of test subjects (per-subject differences, cluster-robust), "
+        "Welch-Satterthwaite degrees of freedom. Reproduced if the interval lies above 0, contradicted "
+        "if below, equivalent if the 90% interval lies inside (-margin, +margin) (two one-sided tests), "
+        "else inconclusive with the power at the paper's gain and the seeds that would give 80%."
     ),
     "speed": (
-        "Per dataset: speed-up = 1 - (proposed ms per image / baseline ms per image) by the reading's "
-        f"protocol and precision on the benchmark's device; reproduced if >= {SPEED_GAIN:.0%}, not "
-        "reproduced otherwise; not measured where the device cannot run the reading."
+        "Per dataset and reading (protocol, precision): every model timed in interleaved sessions in "
+        "one process on one card; the speed-up 1 - proposed/baseline from the mean over sessions of the "
+        f"log time ratio, with a t interval over sessions. Reproduced if the interval lies above "
+        f"{SPEED_GAIN:.0%}, contradicted if below; not comparable where the timing ran on another class "
+        f"of hardware than the paper's ({paper.HARDWARE}), e.g. a CPU; not measured where the device "
+        "cannot run the reading."
     ),
     "parameters": (
-        f"Reproduced if the proposed model has at least {FEWER_PARAMETERS:.0%} fewer parameters than the "
-        "baseline (paper: 62%)."
+        f"A count: reproduced if the proposed model has at least {FEWER_PARAMETERS:.0%} fewer parameters "
+        "than the baseline (paper: 62%), else contradicted."
     ),
     "stability": (
-        f"Per dataset, over >= {MIN_SEEDS} seeds: reproduced if the proposed model has fewer "
-        f"validation-Dice drops (>= the stability threshold) by a one-sided paired Wilcoxon test, p < "
-        f"{ALPHA}; not reproduced if its total is equal or higher; otherwise inconclusive."
+        "Per dataset: validation-Dice drops of more than the threshold per 100 epochs, per run. The exact "
+        f"permutation test of the difference (two-sided, alpha {ALPHA}; ties count, so 0 drops against 0 "
+        "drops is no difference) decides reproduced (fewer) or contradicted (more); equivalent if Welch's "
+        "two one-sided tests put the difference inside the margin; the interval shown is Welch's."
     ),
     "convergence": (
-        "As stability, on the first epoch above the dataset's threshold (a run that never "
-        "converges counts as its number of epochs + 1)."
+        "Per dataset: epochs until the validation Dice reaches the threshold, a run that never reaches "
+        "it censored at its length. The log-rank test (two-sided) decides; the effect is the difference "
+        "of the Kaplan-Meier medians. No equivalence is judged (the paper implies no margin in epochs)."
     ),
 }
+
+
+# The factors (rdiunet.readings) that can change each claim's verdict: a reading of another factor
+# judges the same runs the same way, so it is not judged again (nor counted in Holm's adjustment).
+AFFECTS = {
+    "accuracy": {"proposed", "baseline", "dataset", "checkpoint"},
+    "speed": {"proposed", "baseline", "dataset", "precision", "protocol"},
+    "stability": {"proposed", "baseline", "dataset", "curve"},
+    "convergence": {"proposed", "baseline", "dataset", "curve"},
+    "parameters": {"proposed", "baseline"},
+}
+
+
+def can_change(reading: Reading, claim: str, label: str | None = None) -> bool:
+    """Whether `reading` can give another verdict on `claim` for its dataset `label` than the
+    headline does: its factor matters to the claim, and a dataset variant only for the dataset
+    it replaces."""
+    if reading.factor == "headline":
+        return True
+    if reading.factor not in AFFECTS[claim]:
+        return False
+    return reading.factor != "dataset" or reading.stands_for.get(label, label) != label
 
 
 @dataclass(frozen=True)
@@ -64,187 +90,261 @@ class Verdict:
     verdict: str
     evidence: str
     reading: str = "headline"
+    judgement: Judgement | None = None
+    p_holm: float | None = None  # sensitivity readings only
+
+    @property
+    def primary(self) -> bool:
+        return self.reading == "headline"
 
 
-def paired_seeds(runs: pd.DataFrame, dataset: str, proposed: str, baseline: str):
-    """Baseline and proposed runs of `dataset` on the seeds both have (a seed left out for one
-    model is left out for both), in seed order."""
-    base, prop = (
-        runs[(runs.dataset == dataset) & (runs.model == m)].sort_values("seed") for m in (baseline, proposed)
+def no_judgement(claim: str, dataset: str, reading: str, verdict: str, evidence: str) -> Verdict:
+    return Verdict(claim, dataset, verdict, evidence, reading)
+
+
+def from_judgement(judgement: Judgement, dataset: str, reading: str) -> Verdict:
+    return Verdict(judgement.claim, dataset, judgement.verdict, judgement.evidence(), reading, judgement)
+
+
+def is_papers_pair(study: Study, proposed: str, baseline: str) -> bool:
+    return (study.plan.base(proposed), study.plan.base(baseline)) == (paper.PROPOSED, paper.BASELINE)
+
+
+def paper_gain(study: Study, dataset: str, proposed: str, baseline: str) -> float | None:
+    """The Dice gain the paper reports for this dataset's source, for the paper's own pair."""
+    source = study.plan.source(dataset)
+    if not is_papers_pair(study, proposed, baseline) or (source, paper.PROPOSED) not in paper.TABLE1:
+        return None
+    return paper.TABLE1[(source, paper.PROPOSED)]["dice"] - paper.TABLE1[(source, paper.BASELINE)]["dice"]
+
+
+def paper_convergence_ratio(study: Study, dataset: str, proposed: str, baseline: str) -> float | None:
+    source = study.plan.source(dataset)
+    if not is_papers_pair(study, proposed, baseline) or (source, paper.PROPOSED) not in paper.TABLE2:
+        return None
+    return (
+        paper.TABLE2[(source, paper.BASELINE)]["convergence"]
+        / paper.TABLE2[(source, paper.PROPOSED)]["convergence"]
     )
-    seeds = sorted(set(base.seed) & set(prop.seed))
-    return base[base.seed.isin(seeds)], prop[prop.seed.isin(seeds)]
 
 
-NO_PAIRS = "no seed has a valid run of both models (see the runs left out)"
+def accuracy_scores(per_image: pd.DataFrame, dataset: str, models: tuple[str, str]) -> pd.DataFrame:
+    """The engine's scores table from the collected per-image rows of one dataset."""
+    rows = per_image[(per_image.dataset == dataset) & per_image.model.isin(models)]
+    subject = rows["group"] if "group" in rows else rows["id"]
+    return pd.DataFrame(
+        {
+            "model": rows.model,
+            "seed": rows.seed,
+            "image": rows["id"].astype(str),
+            "subject": subject.astype(str),
+            "dice": rows.dice,
+        }
+    )
 
 
-def accuracy(dataset: str, runs: pd.DataFrame, per_image: pd.DataFrame, proposed: str, baseline: str):
-    base, prop = paired_seeds(runs, dataset, proposed, baseline)
-    if base.empty:
-        return INCONCLUSIVE, NO_PAIRS
-    paired = per_image[(per_image.dataset == dataset) & per_image.seed.isin(set(base.seed))]
-    images = paired.groupby(["model", "id"])["dice"].mean().unstack("model")
-    images = images.reindex(columns=[proposed, baseline]).dropna()
-    # Each image's subject, for the cluster bootstrap (per_image.csv of older runs has none).
-    group_of = paired.groupby("id")["group"].first().to_dict() if "group" in paired else {}
-    groups = [group_of.get(image, image) for image in images.index]
-    result = compare(prop.dice, base.dice, images[proposed], images[baseline], groups=groups)
-    p = "n/a" if result.wilcoxon_p is None else f"{result.wilcoxon_p:.3g}"
-    if not result.images:
-        per_image_text = "no per-image scores shared by both models"
-    elif math.isnan(result.ci_low):
-        per_image_text = (
-            f"per-image difference {result.image_difference:+.4f} over {result.images} images; no interval "
-            f"from fewer than {MIN_UNITS} resampling units ({result.resampled})"
+def accuracy(study: Study, dataset: str, per_image: pd.DataFrame, proposed: str, baseline: str, reading: str):
+    scores = accuracy_scores(per_image, dataset, (proposed, baseline))
+    missing = [m for m in (proposed, baseline) if not (scores.model == m).any()]
+    if missing:
+        return no_judgement(
+            "accuracy",
+            dataset,
+            reading,
+            INCONCLUSIVE,
+            f"no valid run of {missing[0]} on {dataset} (see the runs left out)",
         )
+    try:
+        judged = verdicts.judge_accuracy(
+            scores,
+            proposed,
+            baseline,
+            margin=study.margins["accuracy"],
+            claimed=paper_gain(study, dataset, proposed, baseline),
+        )
+    except UserError as error:
+        return no_judgement("accuracy", dataset, reading, INCONCLUSIVE, str(error))
+    return from_judgement(judged, dataset, reading)
+
+
+def curve_tables(
+    curves: pd.DataFrame, dataset: str, models: tuple[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The drops and the convergence tables the engine takes, from Table 2's per-run curve table."""
+    rows = curves[(curves.dataset == dataset) & curves.model.isin(models)]
+    drops = pd.DataFrame(
+        {"model": rows.model, "seed": rows.seed, "drops": rows.stability, "epochs": rows.epochs}
+    )
+    reached = pd.DataFrame(
+        {"model": rows.model, "seed": rows.seed, "epoch": rows.convergence, "epochs": rows.epochs}
+    )
+    return drops, reached
+
+
+def training_curves(
+    claim: str, study: Study, dataset: str, curves: pd.DataFrame, pair: tuple[str, str], reading: str
+) -> Verdict:
+    drops, reached = curve_tables(curves, dataset, pair)
+    missing = [m for m in pair if not (drops.model == m).any()]
+    if missing:
+        return no_judgement(
+            claim,
+            dataset,
+            reading,
+            INCONCLUSIVE,
+            f"no valid run of {missing[0]} on {dataset} (see the runs left out)",
+        )
+    if claim == "stability":
+        judged = verdicts.judge_stability(drops, *pair, margin=study.margins["stability"])
     else:
-        per_image_text = (
-            f"per-image difference {result.image_difference:+.4f}, 95% CI [{result.ci_low:+.4f}, "
-            f"{result.ci_high:+.4f}] over {result.images} images (resampling {result.resampled})"
+        judged = verdicts.judge_convergence(
+            reached, *pair, claimed_ratio=paper_convergence_ratio(study, dataset, *pair)
         )
-    evidence = (
-        f"{proposed} - {baseline}: mean Dice difference {result.mean_difference:+.4f} over {result.seeds} "
-        f"seeds (Wilcoxon one-sided p = {p}); {per_image_text}"
-    )
-    worse_p = wilcoxon_greater(base.dice, prop.dice)
-    if result.seeds < MIN_SEEDS:
-        return INCONCLUSIVE, evidence + f"; only {result.seeds} seeds (need {MIN_SEEDS})"
-    if not result.images or math.isnan(result.ci_low):
-        return INCONCLUSIVE, evidence
-    if result.ci_high < 0 or (worse_p is not None and worse_p < ALPHA):
-        return NOT_REPRODUCED, evidence
-    if result.wilcoxon_p is not None and result.wilcoxon_p < ALPHA and result.ci_low > 0:
-        return REPRODUCED, evidence
-    return INCONCLUSIVE, evidence
+    return from_judgement(judged, dataset, reading)
 
 
-def fewer_is_better(claim: str, dataset: str, runs: pd.DataFrame, proposed: str, baseline: str):
-    """Stability and convergence: the proposed model should need fewer (drops, epochs) per seed."""
-    pairs = paired_seeds(runs, dataset, proposed, baseline)
-    if pairs[0].empty:
-        return INCONCLUSIVE, NO_PAIRS
-
-    def values(group: pd.DataFrame) -> np.ndarray:
-        if claim == "convergence":
-            censored = zip(group.convergence, group.epochs, strict=True)
-            return np.array([e + 1 if pd.isna(c) else c for c, e in censored], float)
-        return np.array(group.stability, float)
-
-    base, prop = (values(group) for group in pairs)
-    p = wilcoxon_greater(base, prop)
-    p_text = "n/a" if p is None else f"{p:.3g}"
-    evidence = (
-        f"{baseline} {'/'.join(str(int(v)) for v in base)} vs {proposed} "
-        f"{'/'.join(str(int(v)) for v in prop)} per seed (Wilcoxon one-sided p = {p_text})"
-    )
-    if len(base) < MIN_SEEDS:
-        return INCONCLUSIVE, evidence + f"; only {len(base)} seeds (need {MIN_SEEDS})"
-    if prop.sum() >= base.sum():
-        return NOT_REPRODUCED, evidence
-    if p is not None and p < ALPHA:
-        return REPRODUCED, evidence
-    return INCONCLUSIVE, evidence
-
-
-def bench_row(benches: pd.DataFrame, model: str, dataset: str | None = None):
-    rows = benches[benches.model == model]
-    rows = rows if dataset is None else rows[rows.dataset == dataset]
-    return rows.iloc[0] if len(rows) else None
-
-
-def speed(dataset: str, collection: Collection, proposed: str, baseline: str, precision: str, protocol: str):
-    """The speed claim by one protocol in one precision."""
-    speeds = collection.speeds
-    found = speeds[
-        (speeds.dataset == dataset) & (speeds.precision == precision) & (speeds.protocol == protocol)
+def speed(
+    collection: Collection, dataset: str, pair: tuple[str, str], precision: str, protocol: str, reading: str
+) -> Verdict:
+    """The speed claim by one protocol in one precision, from the interleaved sessions."""
+    timings = collection.timings
+    found = timings[
+        (timings.dataset == dataset)
+        & (timings.precision == precision)
+        & (timings.protocol == protocol)
+        & timings.model.isin(pair)
     ]
-    prop, base = (found[found.model == m] for m in (proposed, baseline))
-    if prop.empty or base.empty:
-        return INCONCLUSIVE, "a bench.json is missing or unreadable (see the gaps)"
-    prop, base = prop.iloc[0], base.iloc[0]
-    if pd.isna(prop.ms) or pd.isna(base.ms):
-        return NOT_MEASURED, prop.reason if pd.isna(prop.ms) else base.reason
-    device = bench_row(collection.benches, proposed, dataset).device
-    gain = 1 - prop.ms / base.ms
+    if not all((found.model == m).any() for m in pair):
+        return no_judgement(
+            "speed",
+            dataset,
+            reading,
+            INCONCLUSIVE,
+            f"no timing sessions of both models on {dataset} (see the gaps)",
+        )
+    unmeasured = found[found.ms.isna()]
+    if len(unmeasured):
+        return no_judgement("speed", dataset, reading, NOT_MEASURED, str(unmeasured.reason.iloc[0]))
+    kind, name = collection.speed_devices.get(dataset, ("cpu", "an unknown device"))
+    comparable = (
+        None
+        if kind == "cuda"
+        else (f"timed on {name}, a {kind.upper()}; the paper's claim is about an {paper.HARDWARE} GPU")
+    )
+    table = found[["model", "session", "ms"]]
+    judged = verdicts.judge_speed(table, *pair, claimed=SPEED_GAIN, comparable=comparable)
+    means = found.groupby("model").ms.mean()
+    direction = "faster" if judged.effect > 0 else "slower"
+    interval = "" if math.isnan(judged.low) else f" [{judged.low:+.0%}, {judged.high:+.0%}]"
+    p = "" if judged.p is None else f", p = {judged.p:.3g} against {SPEED_GAIN:.0%}"
     evidence = (
-        f"{proposed} {prop.ms:.2f} ms vs {baseline} {base.ms:.2f} ms per image ({protocol}, {precision}): "
-        f"{abs(gain):.0%} {'faster' if gain >= 0 else 'slower'} on {device} (paper: {paper.HARDWARE})"
+        f"{pair[0]} {means[pair[0]]:.2f} ms vs {pair[1]} {means[pair[1]]:.2f} ms per image ({protocol}, "
+        f"{precision}, on {name}): speed-up {judged.effect:+.0%} ({direction}){interval}{p} over "
+        f"{judged.counts['sessions']} interleaved sessions; claimed at least {SPEED_GAIN:.0%}"
     )
-    return (REPRODUCED if gain >= SPEED_GAIN else NOT_REPRODUCED), evidence
+    return Verdict("speed", dataset, judged.verdict, evidence, reading, judged)
 
 
-def parameters(benches: pd.DataFrame, proposed: str, baseline: str):
-    prop, base = bench_row(benches, proposed), bench_row(benches, baseline)
-    if prop is None or base is None:
-        return INCONCLUSIVE, "no bench.json of one of the models could be read"
-    fewer = 1 - int(prop.params) / int(base.params)
-    evidence = (
-        f"{proposed} {int(prop.params):,} vs {baseline} {int(base.params):,} parameters: {fewer:.1%} fewer"
-    )
-    return (REPRODUCED if fewer >= FEWER_PARAMETERS else NOT_REPRODUCED), evidence
-
-
-def overall(claim: str, verdicts: list[Verdict], reading: str = "headline") -> Verdict:
-    found = {v.verdict for v in verdicts}
-    if found == {NOT_MEASURED}:
-        return Verdict(claim, "all", NOT_MEASURED, verdicts[0].evidence, reading)
-    if NOT_REPRODUCED in found:
-        verdict = NOT_REPRODUCED
-    elif found == {REPRODUCED}:
-        verdict = REPRODUCED
-    else:
-        verdict = INCONCLUSIVE
-    counts = ", ".join(
-        f"{sum(v.verdict == k for v in verdicts)} {k}"
-        for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED)
-        if k != NOT_MEASURED or k in found
-    )
-    return Verdict(claim, "all", verdict, f"per dataset: {counts}", reading)
+def parameters(collection: Collection, pair: tuple[str, str], reading: str) -> Verdict:
+    benches = collection.benches
+    found = [benches[benches.model == m] for m in pair]
+    if any(f.empty for f in found):
+        return no_judgement(
+            "parameters", "all", reading, INCONCLUSIVE, "no bench.json of one of the models could be read"
+        )
+    counts = [int(f.iloc[0].params) for f in found]
+    judged = verdicts.judge_parameters(*counts, claimed=FEWER_PARAMETERS)
+    evidence = f"{pair[0]} {counts[0]:,} vs {pair[1]} {counts[1]:,} parameters: {judged.effect:.1%} fewer"
+    return Verdict("parameters", "all", judged.verdict, evidence, reading, judged)
 
 
 def judge(collection: Collection, study: Study, reading: Reading) -> list[Verdict]:
-    """Every claim under one reading: per dataset with an overall verdict above, and parameters.
-    The reading picks the runs' checkpoint (accuracy), the Dice curve (stability, convergence),
-    and the precision and protocol (speed)."""
+    """Every claim the reading can change, per dataset (parameters once). The reading picks the
+    runs' checkpoint (accuracy), the Dice curve (stability, convergence), and the precision and
+    protocol (speed)."""
     pair = (reading.proposed, reading.baseline)
-    runs = collection.runs[collection.runs.checkpoint == reading.checkpoint]
     per_image = collection.per_image[collection.per_image.checkpoint == reading.checkpoint]
     curves = curve_table(collection.histories, study, reading.curve)
-    verdicts = []
-    for claim in PER_DATASET:
-        rows = []
-        for dataset in reading.datasets:
-            if claim == "accuracy":
-                verdict, evidence = accuracy(dataset, runs, per_image, *pair)
-            elif claim == "speed":
-                verdict, evidence = speed(dataset, collection, *pair, reading.precision, reading.protocol)
-            else:
-                verdict, evidence = fewer_is_better(claim, dataset, curves, *pair)
-            rows.append(Verdict(claim, dataset, verdict, evidence, reading.name))
-        verdicts += [overall(claim, rows, reading.name), *rows]
-    verdict, evidence = parameters(collection.benches, *pair)
-    verdicts.append(Verdict("parameters", "all", verdict, evidence, reading.name))
-    return verdicts
+    found = []
+    for dataset in reading.datasets:
+        if can_change(reading, "accuracy", dataset):
+            found.append(accuracy(study, dataset, per_image, *pair, reading.name))
+        if can_change(reading, "speed", dataset):
+            found.append(speed(collection, dataset, pair, reading.precision, reading.protocol, reading.name))
+        for claim in ("stability", "convergence"):
+            if can_change(reading, claim, dataset):
+                found.append(training_curves(claim, study, dataset, curves, pair, reading.name))
+    if can_change(reading, "parameters"):
+        found.append(parameters(collection, pair, reading.name))
+    return found
+
+
+def with_holm(found: list[Verdict]) -> list[Verdict]:
+    """The sensitivity verdicts with Holm-adjusted p-values over all of them; the primary ones as
+    they are."""
+    tested = [i for i, v in enumerate(found) if not v.primary and v.judgement and v.judgement.p is not None]
+    if not tested:
+        return found
+    adjusted = multipletests([found[i].judgement.p for i in tested], alpha=ALPHA, method="holm")[1]
+    result = list(found)
+    for i, p in zip(tested, adjusted, strict=True):
+        result[i] = replace(found[i], p_holm=float(p))
+    return result
 
 
 def evaluate_claims(collection: Collection, study: Study) -> list[Verdict]:
-    """The verdicts of every reading, the headline's first."""
-    return [v for reading in study.plan.readings for v in judge(collection, study, reading)]
+    """The verdicts of every reading, the headline's (primary) first."""
+    return with_holm([v for reading in study.plan.readings for v in judge(collection, study, reading)])
 
 
-def claims_frame(verdicts: list[Verdict]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
+REPORTED = {
+    verdicts.REPRODUCED: "reproduced",
+    verdicts.CONTRADICTED: "not reproduced (contradicted)",
+    verdicts.EQUIVALENT: "not reproduced (equivalent: no difference of the size that matters)",
+}
+
+
+def reported_as(verdict: Verdict) -> str:
+    """The verdict in the report's words: "not reproduced" covers contradicted and equivalent,
+    and says which; an inconclusive one says why."""
+    if verdict.verdict in REPORTED:
+        return REPORTED[verdict.verdict]
+    reason = verdict.judgement.reason if verdict.judgement else None
+    return f"{verdict.verdict} ({reason})" if reason and verdict.verdict == INCONCLUSIVE else verdict.verdict
+
+
+def number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def claims_frame(found: list[Verdict], synthetic: bool = False) -> pd.DataFrame:
+    rows = []
+    for v in found:
+        j = v.judgement
+        rows.append(
             {
                 "reading": v.reading,
+                "primary": v.primary,
                 "claim": v.claim,
                 "statement": paper.CLAIMS[v.claim],
                 "dataset": v.dataset,
                 "verdict": v.verdict,
+                "reported_as": reported_as(v),
+                "reason": j.reason if j else None,
+                "effect": number(j.effect) if j else math.nan,
+                "unit": j.unit if j else None,
+                "low": number(j.low) if j else math.nan,
+                "high": number(j.high) if j else math.nan,
+                "p": number(j.p) if j else math.nan,
+                "p_holm": number(v.p_holm),
+                "holm_significant": None if v.p_holm is None else v.p_holm < ALPHA,
+                "power": number(j.power) if j else math.nan,
+                "seeds_needed": j.seeds_needed if j else None,
+                "margin": number(j.margin) if j else math.nan,
+                "claimed": number(j.claimed) if j else math.nan,
                 "evidence": v.evidence,
                 "rule": RULES[v.claim],
+                "synthetic": synthetic,
             }
-            for v in verdicts
-        ]
-    )
+        )
+    return pd.DataFrame(rows)

@@ -15,35 +15,27 @@ from rdiunet import paper
 from rdiunet.errors import UserError
 from rdiunet.metrics import TEST_METRICS, convergence, stability
 from rdiunet.readings import ConfigError, Plan, resolve
-from rdiunet.runfolder import RunFolder, bench_path, read_bench
+from rdiunet.runfolder import RunFolder, bench_path, read_bench, read_speed, speed_path
+from rdiunet.verdicts import MARGINS
 
 from .checks import Invalid, check_run, prepared_sha256
 
 RUN_COLUMNS = ("dataset", "model", "seed", "checkpoint", *TEST_METRICS, "best_epoch", "epochs", "energy_j")
-BENCH_COLUMNS = (
-    "dataset",
-    "model",
-    "params",
-    "gflops",
-    "size",
-    "ms_per_image",
-    "ms_p90",
-    "ms_p99",
-    "throughput",
-    "throughput_batch",
-    "device",
-)
-SPEED_COLUMNS = ("dataset", "model", "precision", "protocol", "ms", "reason")
+BENCH_COLUMNS = ("dataset", "model", "params", "gflops", "size", "throughput", "throughput_batch", "device")
+TIMING_COLUMNS = ("dataset", "model", "session", "precision", "protocol", "ms", "reason")
+SPEED_COLUMNS = ("dataset", "model", "precision", "protocol", "ms", "sessions", "reason")
 
 
 @dataclass(frozen=True)
 class Study:
-    """What the workflow ran: the readings' plan (labels, bases, the runs they compare), seeds."""
+    """What the workflow ran: the readings' plan (labels, bases, the runs they compare), seeds,
+    and the equivalence margins its verdicts use (rdiunet.verdicts.MARGINS by default)."""
 
     plan: Plan
     seeds: list[int]
     stability_drop: float = paper.STABILITY_DROP
     synthetic: bool = False
+    margins: dict = field(default_factory=lambda: dict(MARGINS))
 
     @classmethod
     def from_config(cls, config: dict) -> "Study":
@@ -53,6 +45,7 @@ class Study:
                 seeds=[int(s) for s in config["seeds"]],
                 stability_drop=config.get("stability_drop", paper.STABILITY_DROP),
                 synthetic=bool(config.get("synthetic", False)),
+                margins={**MARGINS, **(config.get("margins") or {})},
             )
         except ConfigError as error:
             raise UserError(f"the configuration does not fit together: {error}") from None
@@ -96,15 +89,18 @@ class Study:
 
 @dataclass(frozen=True)
 class Excluded:
-    """A run (or, with seed None, a benchmark) left out of the report, and why."""
+    """A run (or, with seed None, a benchmark; with model None too, a dataset's timing sessions)
+    left out of the report, and why."""
 
     dataset: str
-    model: str
+    model: str | None
     seed: int | None
     reason: str
 
     @property
     def label(self) -> str:
+        if self.model is None:
+            return f"{self.dataset}/speed.json"
         return f"{self.dataset}/{self.model}/" + (
             f"seed{self.seed}" if self.seed is not None else "bench.json"
         )
@@ -119,7 +115,9 @@ class Collection:
     histories: pd.DataFrame
     per_image: pd.DataFrame  # one row per test image, run and kept checkpoint
     benches: pd.DataFrame  # Table 1's costs, one row per dataset and model
-    speeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # ms per image by precision, protocol
+    speeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # mean ms per image by precision, protocol
+    timings: pd.DataFrame = field(default_factory=pd.DataFrame)  # ms per image by session (speed.json)
+    speed_devices: dict = field(default_factory=dict)  # dataset -> (device type, device name)
     excluded: list[Excluded] = field(default_factory=list)
     synthetic_runs: list[str] = field(default_factory=list)  # runs whose data was synthetic
     unchecked_data: list[str] = field(default_factory=list)  # datasets without a summary to check
@@ -167,41 +165,45 @@ def run_records(dataset: str, model: str, seed: int, metrics: dict) -> list[dict
     ]
 
 
-def speed_records(dataset: str, model: str, bench: dict) -> list[dict]:
-    """Every protocol at the bench's precision, and the headline protocol in each other precision."""
+def timing_records(dataset: str, speed: dict, models: list[str]) -> list[dict]:
+    """speed.json's rows for the models the study compares on `dataset`."""
     rows = []
-    entries = [(bench["precision"], name, result) for name, result in bench["protocols"].items()]
-    entries += [(p, bench["protocol"], r) for p, r in bench["precisions"].items() if p != bench["precision"]]
-    for precision, protocol, result in entries:
-        measured = bool(result.get("measured"))
-        rows.append(
-            {
-                "dataset": dataset,
-                "model": model,
-                "precision": precision,
-                "protocol": protocol,
-                "ms": result["ms_per_image"] if measured else math.nan,
-                "reason": None if measured else result.get("reason", "not measured"),
-            }
-        )
+    for row in speed["timings"]:
+        if row["model"] in models:
+            ms = row["ms"] if row.get("ms") is not None else math.nan
+            rows.append(
+                {
+                    "dataset": dataset,
+                    **{k: row[k] for k in ("model", "session", "precision", "protocol")},
+                    "ms": ms,
+                    "reason": row.get("reason"),
+                }
+            )
     return rows
 
 
-def bench_record(bench: dict, protocol: str) -> dict:
-    """Table 1's costs: the headline protocol's ms per image (and its spread, where it has one)."""
+def mean_speeds(timings: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, model, precision and protocol: the mean ms per image over the sessions (or
+    why it was not measured)."""
+    if timings.empty:
+        return pd.DataFrame(columns=list(SPEED_COLUMNS))
+    keys = ["dataset", "model", "precision", "protocol"]
+    grouped = timings.groupby(keys, sort=False)
+    frame = grouped.agg(ms=("ms", "mean"), sessions=("ms", "count"), reason=("reason", "first")).reset_index()
+    return frame[list(SPEED_COLUMNS)]
+
+
+def bench_record(bench: dict) -> dict:
+    """Table 1's costs: parameters, FLOPs, throughput at the largest batch and the device."""
     largest = max(
         (row for row in bench["throughput"] if "images_per_s" in row),
         key=lambda row: row["batch_size"],
         default={},
     )
-    headline = bench["protocols"][protocol]
     return {
         "params": bench["params"],
         "gflops": bench["gflops_per_image"],
         "size": bench["size"],
-        "ms_per_image": headline["ms_per_image"] if headline.get("measured") else math.nan,
-        "ms_p90": headline.get("p90", math.nan),
-        "ms_p99": headline.get("p99", math.nan),
         "throughput": largest.get("images_per_s"),
         "throughput_batch": largest.get("batch_size"),
         "device": bench["environment"]["device_name"],
@@ -229,7 +231,7 @@ def curve_table(histories: pd.DataFrame, study: "Study", curve: str) -> pd.DataF
 def collect(results: Path, study: Study, data: Path | None = None) -> Collection:
     """Every run and benchmark of `study` in `results`, checked; `data` is the folder of the
     prepared data, whose checksums the runs must match (not checked where it is None)."""
-    runs, histories, per_images, benches, speeds = [], [], [], [], []
+    runs, histories, per_images, benches, timings, devices = [], [], [], [], [], {}
     excluded, synthetic, unchecked, shared = [], [], [], []
     for dataset in study.datasets:
         data_sha256 = prepared_sha256(data, dataset)
@@ -254,8 +256,7 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
                     shared.append(f"{dataset}/{model}/seed{seed}: {withheld}")
             try:
                 bench = read_bench(results, dataset, model)
-                benches.append({"dataset": dataset, "model": model, **bench_record(bench, study.protocol)})
-                speeds += speed_records(dataset, model, bench)
+                benches.append({"dataset": dataset, "model": model, **bench_record(bench)})
             except (UserError, KeyError, TypeError, AttributeError) as error:
                 reason = (
                     str(error)
@@ -263,6 +264,18 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
                     else f"{bench_path(results, dataset, model)} lacks {error}"
                 )
                 excluded.append(Excluded(dataset, model, None, reason))
+        try:
+            speed = read_speed(results, dataset)
+            timings += timing_records(dataset, speed, study.models_of(dataset))
+            devices[dataset] = (speed["device_type"], speed["environment"]["device_name"])
+        except (UserError, KeyError, TypeError, AttributeError) as error:
+            reason = (
+                str(error)
+                if isinstance(error, UserError)
+                else f"{speed_path(results, dataset)} lacks {error}"
+            )
+            excluded.append(Excluded(dataset, None, None, reason))
+    timing_frame = pd.DataFrame(timings, columns=list(TIMING_COLUMNS))
     return Collection(
         runs=pd.DataFrame(runs, columns=list(RUN_COLUMNS) if not runs else None),
         histories=pd.concat(histories, ignore_index=True)
@@ -272,7 +285,9 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
         if per_images
         else pd.DataFrame(columns=["dataset", "model", "seed", "id", "dice"]),
         benches=pd.DataFrame(benches, columns=list(BENCH_COLUMNS) if not benches else None),
-        speeds=pd.DataFrame(speeds, columns=list(SPEED_COLUMNS) if not speeds else None),
+        speeds=mean_speeds(timing_frame),
+        timings=timing_frame,
+        speed_devices=devices,
         excluded=excluded,
         synthetic_runs=synthetic,
         unchecked_data=unchecked,

@@ -118,17 +118,19 @@ def report_command(results: Path, data: Path, figures: Path, timing: Path, confi
     study = Study.from_config(config)
     collection = collect(results, study, data)
     verdicts = evaluate_claims(collection, study)
-    claims = claims_frame(verdicts)
+    synthetic = collection.synthetic(study)
+    claims = claims_frame(verdicts, synthetic)
     robustness = matrix(verdicts, study.plan)
     checks = paper_check.paper_check()
     page = {
-        "synthetic": collection.synthetic(study),
+        "synthetic": synthetic,
         # Data that is synthetic although the configuration says it is not: the worst mix-up.
         "mislabelled": [] if study.synthetic else collection.synthetic_runs,
         "excluded": collection.excluded,
         "shared_energy": collection.shared_energy,
         "shared_energy_why": SHARED_ENERGY,
-        "claims": claims[claims.reading == "headline"].to_dict("records"),
+        "claims": claims[claims.primary].to_dict("records"),
+        "sensitivity": claims[~claims.primary].to_dict("records"),
         "headline": study.plan.headline,
         "readings": study.plan.readings,
         "robustness": robustness.to_dict("records"),
@@ -156,7 +158,10 @@ def report_command(results: Path, data: Path, figures: Path, timing: Path, confi
         "seeds": len(study.seeds),
     }
     write_report(render(page), out)
-    for name, frame in (("claims.csv", claims), ("robustness.csv", robustness_frame(verdicts, study.plan))):
+    for name, frame in (
+        ("claims.csv", claims),
+        ("robustness.csv", robustness_frame(verdicts, study.plan, synthetic)),
+    ):
         with atomic_path(out.with_name(name)) as tmp:
             frame.to_csv(tmp, index=False)
     print(out)

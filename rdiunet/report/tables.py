@@ -13,8 +13,10 @@ import pandas as pd
 from rdiunet import paper
 from rdiunet.fileio import atomic_path
 from rdiunet.metrics import TEST_METRICS
+from rdiunet.verdicts import km_median
 
 from . import paper_check
+from .claims import accuracy
 from .collect import BENCH_COLUMNS, SHARED_ENERGY, Collection, Study, collect, curve_table
 from .columns import TABLE1, TABLE2, fields, missing, rendered
 
@@ -65,11 +67,41 @@ def table1(collection: Collection, study: Study) -> pd.DataFrame:
                 row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(group[metric])
             for key in BENCH_COLUMNS[2:]:  # a missing bench.json leaves a gap, stated in the report
                 row[key] = bench.iloc[0][key] if len(bench) else math.nan
+            row["ms_per_image"] = headline_ms(collection, study, dataset, model)
+            row["vs_baseline"] = against_baseline(collection, study, dataset, model)
             source, base = study.plan.source(dataset), study.plan.base(model)
             add_paper(row, TABLE1, paper.table1(source, base))
             row["paper_consistent"] = paper_check.consistent(source, base)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def against_baseline(collection: Collection, study: Study, dataset: str, model: str) -> str:
+    """Table 1's mark: the model's accuracy against the headline baseline, by the verdict engine."""
+    baseline = study.plan.headline.baseline
+    if model == baseline:
+        return "(baseline)"
+    per_image = collection.per_image[collection.per_image.checkpoint == study.checkpoint]
+    verdict = accuracy(study, dataset, per_image, model, baseline, "table1")
+    j = verdict.judgement
+    if j is None:
+        return verdict.verdict
+    interval = "" if math.isnan(j.low) else f" [{j.low:+.3f}, {j.high:+.3f}]"
+    reason = f" ({j.reason})" if j.reason else ""
+    return f"{j.effect:+.3f}{interval} {j.verdict}{reason}"
+
+
+def headline_ms(collection: Collection, study: Study, dataset: str, model: str) -> float:
+    """The headline protocol's ms per image in the headline precision: the mean over the
+    interleaved timing sessions (speed.json)."""
+    speeds = collection.speeds
+    found = speeds[
+        (speeds.dataset == dataset)
+        & (speeds.model == model)
+        & (speeds.protocol == study.protocol)
+        & (speeds.precision == study.plan.headline.precision)
+    ]
+    return float(found.ms.iloc[0]) if len(found) else math.nan
 
 
 def per_seed(values) -> str:
@@ -99,7 +131,12 @@ def table2(collection: Collection, study: Study) -> pd.DataFrame:
             row["stability_mean"], row["stability_sd"] = mean_sd(group.stability)
             row["drops_per_100_mean"], row["drops_per_100_sd"] = mean_sd(100 * group.stability / group.epochs)
             row["curve"] = study.curve
-            row["convergence_mean"], row["convergence_sd"] = mean_sd(converged)
+            epochs = group.epochs.to_numpy(float)
+            reached = group.convergence.notna().to_numpy()
+            median = km_median(
+                np.where(reached, group.convergence.fillna(0).to_numpy(float), epochs), reached
+            )
+            row["convergence"] = median if math.isfinite(median) else math.nan
             add_paper(row, TABLE2, paper.table2(study.plan.source(dataset), study.plan.base(model)))
             rows.append(row)
     return pd.DataFrame(rows)

@@ -1,4 +1,5 @@
-# Latency, throughput, FLOPs, memory and energy per dataset (its image size) and model.
+# Costs per dataset (its image size) and model: latency, throughput, FLOPs, memory and energy;
+# and per dataset, the speed comparison: every model timed in interleaved sessions.
 
 
 rule bench:
@@ -20,3 +21,23 @@ rule bench:
     shell:
         "python -m rdiunet.cli bench --model {params.model} --out {output} --threads {threads} "
         "{params.flags} {params.options} > {log} 2>&1"
+
+
+rule speed:
+    output:
+        "results/{dataset}/speed.json",
+    log:
+        "logs/speed/{dataset}.log",
+    benchmark:
+        "logs/timing/speed/{dataset}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: config["bench"]["threads"]
+    resources:
+        gpu=gpu_need("bench", whole_card=True),
+    params:
+        models=speed_models,
+        flags=speed_flags,
+    shell:
+        "python -m rdiunet.cli speed --models-json {params.models} --out {output} --threads {threads} "
+        "{params.flags} > {log} 2>&1"

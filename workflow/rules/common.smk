@@ -1,5 +1,6 @@
 # Configuration checks, wildcard constraints and target helpers shared by every rule file.
 
+import json
 import os
 import shlex
 import sys
@@ -174,6 +175,16 @@ def bench_flags(wildcards):
     return " ".join(flags)
 
 
+def speed_models(wildcards):
+    """Every model trained on the dataset, with its base and options, for `rdiunet speed`."""
+    models = {m: {"model": PLAN.base(m), **PLAN.model_options(m)} for m in PLAN.models_of(wildcards.dataset)}
+    return shlex.quote(json.dumps(models))
+
+
+def speed_flags(wildcards):
+    return bench_flags(wildcards) + f" --sessions {config['bench']['sessions']}"
+
+
 def run_dirs():
     """Only the runs the readings compare (rdiunet/readings.py), not every dataset x model."""
     return [f"results/{d}/{m}/seed{s}" for d, m in PLAN.pairs for s in SEEDS]
@@ -187,10 +198,15 @@ def all_bench():
     return [f"results/{d}/{m}/bench.json" for d, m in PLAN.pairs]
 
 
+def all_speed():
+    return [f"results/{d}/speed.json" for d in DATASETS]
+
+
 def all_targets():
     return (
         expand("data/prepared/{dataset}.npz", dataset=DATASETS)
         + all_metrics()
         + all_bench()
+        + all_speed()
         + REPORT_TARGETS
     )

@@ -1,8 +1,6 @@
 # Tables, figures and the HTML report from the whole results tree. The outputs are also marked
 # for `snakemake --report` (captions in workflow/report/).
 
-import json
-
 from rdiunet.report.figure_kinds import FIGURE_KINDS
 
 # The resolved configuration (defaults filled in by the schema) is what the report describes.
@@ -23,6 +21,7 @@ rule tables:
     input:
         metrics=all_metrics(),
         bench=all_bench(),
+        speed=all_speed(),
         data=expand("data/prepared/{dataset}.json", dataset=DATASETS),
     output:
         report(TABLES[0], caption="../report/table1.rst", category="Tables"),
@@ -68,6 +67,7 @@ rule report:
         tables=TABLES,
         figures=rules.figures.output.png,
         bench=all_bench(),
+        speed=all_speed(),
     output:
         html=report("reports/report.html", caption="../report/report.rst", category="Report"),
         claims=report("reports/claims.csv", caption="../report/claims.rst", category="Report"),
