@@ -19,6 +19,17 @@ from rdiunet.fileio import sha256_of
 from rdiunet.settings import TrainSettings
 
 
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """In-process commands set torch's thread count (--threads); a later test must not inherit it
+    (results computed with another number of threads differ in their last bits)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def job_env(**extra: str) -> dict:
     """The environment for a process a test starts: this one's without the Slurm variables, which
     (inside an allocation) would make a job with one visible card skip its claim (rdiunet.gpu)."""
