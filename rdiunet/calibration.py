@@ -47,11 +47,19 @@ SUBJECTS = (5, 20, 60)
 
 
 def simulate_scores(
-    rng: np.random.Generator, effect: float, seeds: int, subjects: int, spreads: dict = SPREADS
+    rng: np.random.Generator,
+    effect: float,
+    seeds: int,
+    subjects: int,
+    spreads: dict = SPREADS,
+    folds: int | None = None,
 ) -> pd.DataFrame:
-    """One accuracy study: per-image Dice of models "proposed" and "baseline"."""
+    """One accuracy study: per-image Dice of models "proposed" and "baseline". Every seed tests
+    every image; with `folds`, a cross-validated study: subjects dealt to the folds, and seed s of
+    each model is a run that tests fold s mod folds (its own run effect on every image there)."""
     images = subjects * IMAGES_PER_SUBJECT
     subject_of = np.repeat(np.arange(subjects), IMAGES_PER_SUBJECT)
+    fold_of = rng.permutation(subjects)[subject_of] % folds if folds else None
     base = (
         MEAN_DICE
         + rng.normal(0, spreads["subject"], subjects)[subject_of]
@@ -61,19 +69,12 @@ def simulate_scores(
     for model, shift in (("proposed", effect), ("baseline", 0.0)):
         suits = rng.normal(0, spreads["model_subject"], subjects)[subject_of]
         for seed in range(seeds):
-            run = rng.normal(0, spreads["seed"])
-            dice = base + shift + suits + run + rng.normal(0, spreads["noise"], images)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "model": model,
-                        "seed": seed,
-                        "image": np.arange(images),
-                        "subject": subject_of,
-                        "dice": np.clip(dice, 0, 1),
-                    }
-                )
-            )
+            tested = np.arange(images) if fold_of is None else np.flatnonzero(fold_of == seed % folds)
+            dice = base[tested] + shift + suits[tested] + rng.normal(0, spreads["seed"])
+            dice = dice + rng.normal(0, spreads["noise"], len(tested))
+            frame = {"model": model, "seed": seed, "image": tested, "subject": subject_of[tested]}
+            frame |= {"fold": seed % folds} if folds else {}
+            frames.append(pd.DataFrame({**frame, "dice": np.clip(dice, 0, 1)}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -96,11 +97,23 @@ class Scenario:
     subjects: int | None  # accuracy only
 
 
+TRUTHS = (("no effect", 0.0), ("margin", verdicts.MARGINS["accuracy"]), ("paper", PAPER_EFFECT))
+CV_FOLDS = 5
+CV_SEEDS = (5, 10)  # every fold tested once, twice
+CV_SUBJECTS = (20, 47)  # 47: the nerve set's subjects
+
+
 def accuracy_scenarios(seeds=SEEDS, subjects=SUBJECTS) -> list[Scenario]:
-    truths = (("no effect", 0.0), ("margin", verdicts.MARGINS["accuracy"]), ("paper", PAPER_EFFECT))
     return [
         Scenario("accuracy", truth, effect, n, j)
-        for (truth, effect), n, j in product(truths, seeds, subjects)
+        for (truth, effect), n, j in product(TRUTHS, seeds, subjects)
+    ]
+
+
+def cross_validation_scenarios(seeds=CV_SEEDS, subjects=CV_SUBJECTS) -> list[Scenario]:
+    return [
+        Scenario("accuracy (5-fold CV)", truth, effect, n, j)
+        for (truth, effect), n, j in product(TRUTHS, seeds, subjects)
     ]
 
 
@@ -111,8 +124,12 @@ def run_accuracy(scenario: Scenario, studies: int, seed: int = 0, method: str = 
     rng = np.random.default_rng(seed)
     tally = dict.fromkeys(verdicts.VERDICTS[:4], 0)
     covered = 0
+    cross_validated = scenario.claim != "accuracy"
     for _ in range(studies):
-        scores = simulate_scores(rng, scenario.effect, scenario.seeds, scenario.subjects)
+        if cross_validated:
+            scores = simulate_scores(rng, scenario.effect, scenario.seeds, scenario.subjects, folds=CV_FOLDS)
+        else:
+            scores = simulate_scores(rng, scenario.effect, scenario.seeds, scenario.subjects)
         if method == "image_bootstrap":
             low, high = image_bootstrap_interval(scores, rng)
             verdict = (
@@ -213,15 +230,18 @@ def calibrate(
     studies: int = 200, seed: int = 0, seeds=SEEDS, subjects=SUBJECTS, progress=None
 ) -> pd.DataFrame:
     """The table: every scenario of the three claims with statistics (and the image-level
-    bootstrap's accuracy rows beside the rule's, for contrast)."""
+    bootstrap's accuracy rows beside the rule's, for contrast). `seeds` and `subjects` are the
+    held-out designs; the cross-validated ones are fixed (CV_SEEDS, CV_SUBJECTS: whole rounds of
+    the folds)."""
     jobs = [
         (s, method) for s in accuracy_scenarios(seeds, subjects) for method in ("rule", "image_bootstrap")
     ]
+    jobs += [(s, "rule") for s in cross_validation_scenarios()]
     jobs += [(s, "rule") for s in stability_scenarios(seeds) + convergence_scenarios(seeds)]
     runners = {"stability": run_stability, "convergence": run_convergence}
     rows = []
     for done, (scenario, method) in enumerate(jobs, start=1):
-        if scenario.claim == "accuracy":
+        if scenario.claim.startswith("accuracy"):
             rates = run_accuracy(scenario, studies, seed, method)
         else:
             rates = {**runners[scenario.claim](scenario, studies, seed), "coverage": math.nan}
@@ -254,19 +274,25 @@ def summary_markdown(table: pd.DataFrame) -> str:
     effect is found."""
     rows = table.set_index(["claim", "truth", "method", "seeds", "subjects"], drop=False)
     lines = [
-        "| accuracy: seeds | subjects | no effect: reproduced | contradicted | coverage "
+        "| design | seeds | subjects | no effect: reproduced | contradicted | coverage "
         "| image bootstrap: wrong | coverage | paper's +0.010: reproduced |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    accuracy = table[table.claim == "accuracy"]
-    for seeds, subjects in accuracy[["seeds", "subjects"]].drop_duplicates().itertuples(index=False):
-        rule = rows.loc[("accuracy", "no effect", "rule", seeds, subjects)]
-        boot = rows.loc[("accuracy", "no effect", "image_bootstrap", seeds, subjects)]
-        paper = rows.loc[("accuracy", "paper", "rule", seeds, subjects)]
+    accuracy = table[table.claim.str.startswith("accuracy")]
+    designs = accuracy[["claim", "seeds", "subjects"]].drop_duplicates().itertuples(index=False)
+    for claim, seeds, subjects in designs:
+        rule = rows.loc[(claim, "no effect", "rule", seeds, subjects)]
+        paper = rows.loc[(claim, "paper", "rule", seeds, subjects)]
+        key = (claim, "no effect", "image_bootstrap", seeds, subjects)
+        if key in rows.index:
+            boot = rows.loc[key]
+            contrast = f"{percent(boot.reproduced + boot.contradicted)} | {percent(boot.coverage)}"
+        else:
+            contrast = "– | –"
+        name = "held-out test" if claim == "accuracy" else claim.removeprefix("accuracy (").removesuffix(")")
+        errors = f"{percent(rule.reproduced)} | {percent(rule.contradicted)} | {percent(rule.coverage)}"
         lines.append(
-            f"| {seeds} | {int(subjects)} | {percent(rule.reproduced)} | {percent(rule.contradicted)} "
-            f"| {percent(rule.coverage)} | {percent(boot.reproduced + boot.contradicted)} "
-            f"| {percent(boot.coverage)} | {percent(paper.reproduced)} |"
+            f"| {name} | {seeds} | {int(subjects)} | {errors} | {contrast} | {percent(paper.reproduced)} |"
         )
     lines += [
         "",

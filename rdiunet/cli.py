@@ -93,6 +93,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         keep_empty=args.keep_empty,
         workers=args.workers,
         split_by=args.split_by,
+        folds=args.folds,
     )
 
 
@@ -302,6 +303,12 @@ def add_prepare_parser(verbs) -> None:
     )
     prepare.add_argument(
         "--workers", type=int, default=None, help="decoding processes (default: cores, at most 4)"
+    )
+    prepare.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="subject-wise k-fold cross-validation (k >= 3): seed s tests fold s mod k (docs/data.md)",
     )
     prepare.set_defaults(handler=cmd_prepare)
 

@@ -145,6 +145,7 @@ def evaluate_run(
     metrics = {
         "split": "test",
         "images": len(test),
+        **({"fold": data.fold} if data.fold is not None else {}),
         "epochs": settings.epochs,
         "identity": identity,
         "checkpoints": checkpoints,
@@ -182,7 +183,7 @@ def evaluate(folder: RunFolder, device: str = "auto") -> dict:
             trained_on = run["data_sha256"]
         except (KeyError, TypeError) as error:
             raise UserError(f"{folder.run_info} lacks {error}; retrain the run") from None
-        data = open_prepared(settings.data)
+        data = open_prepared(settings.data, settings.seed)
         if data.sha256 != trained_on:
             raise UserError(
                 f"{settings.data} changed since {folder.path} was trained (sha256 {data.sha256[:12]}, "
@@ -190,6 +191,6 @@ def evaluate(folder: RunFolder, device: str = "auto") -> dict:
                 "data as it was, or retrain"
             )
         with training_runtime(settings) as runtime:
-            identity = settings.identity(data.sha256, runtime.precision)
+            identity = settings.identity(data.sha256, runtime.precision, data.fold)
             model = runtime.prepare_model(build(settings.model, **settings.model_options))
             return evaluate_run(folder, data, model, runtime, settings, identity)

@@ -150,6 +150,22 @@ def choice(config: dict, key: str, choices: dict, default: str) -> str:
     return value
 
 
+def check_folds(datasets: dict[str, dict], seeds: list[int]) -> None:
+    """A cross-validated dataset's seeds must test every fold (seed s tests fold s mod k)."""
+    for label, settings in datasets.items():
+        folds = settings.get("folds")
+        if not folds:
+            continue
+        mine = settings.get("seeds", seeds)
+        untested = sorted(set(range(folds)) - {int(s) % folds for s in mine})
+        if untested:
+            raise ConfigError(
+                f"datasets.{label}: its seeds {list(mine)} leave fold(s) {untested} of {folds} untested "
+                f"(seed s tests fold s mod {folds}); give it seeds that cover every fold, e.g. "
+                f"seeds: {list(range(folds))}"
+            )
+
+
 def resolve(config: dict, required: tuple[str, ...] = REPORT_KEYS) -> Plan:
     """The plan of a (schema-validated) configuration; a configuration that does not fit together
     raises ConfigError naming the key. `required` names the settings every dataset label must have
@@ -211,6 +227,7 @@ def resolve(config: dict, required: tuple[str, ...] = REPORT_KEYS) -> Plan:
                 readings.append(
                     reading(f"{factor} = {value}", factor, proposed[0], baselines[0], **{factor: value})
                 )
+    check_folds(datasets, config.get("seeds", []))
     pairs = []
     for r in readings:
         for dataset in r.datasets:

@@ -68,11 +68,13 @@ class TrainSettings:
         one_of("--precision", self.precision, PRECISION_CHOICES)
         one_of("--checkpoint", self.checkpoint, CHECKPOINTS)
 
-    def identity(self, data_sha256: str, precision: str) -> dict:
+    def identity(self, data_sha256: str, precision: str, fold: dict | None = None) -> dict:
         """What every checkpoint of the run records and must agree on to be resumed or evaluated
         (epochs may grow; device, threads and gpu_slots may change). `precision` is the one in use (auto
-        resolved): a run continued in another precision would be neither."""
+        resolved): a run continued in another precision would be neither. `fold`: the folds a
+        cross-validated dataset tests and validates this seed on (rdiunet.data.folds)."""
         return {
+            **({"fold": fold} if fold is not None else {}),
             "model": self.model,
             "model_options": plain(self.model_options),
             "seed": self.seed,

@@ -68,9 +68,13 @@ def check_splits(data: dict[str, Split], path: str) -> None:
 
 
 def data_record(data: Prepared) -> dict:
-    """What run.json keeps of the prepared data's summary (whether it is synthetic among it)."""
+    """What run.json keeps of the prepared data's summary (whether it is synthetic among it), and
+    for a cross-validated dataset the folds this run tests and validates on."""
     keys = ("dataset", "synthetic", "image_size", "counts", "split")
-    return {k: v for k, v in data.summary.items() if k in keys}
+    record = {k: v for k, v in data.summary.items() if k in keys}
+    if data.fold is not None:
+        record |= {"fold": data.fold, "counts": {name: len(split) for name, split in data.splits.items()}}
+    return record
 
 
 OTHER_RUN = "use another --out folder, or delete this run folder to train afresh"
@@ -154,10 +158,10 @@ def train(settings: TrainSettings, out: Path, command: list[str] | None = None) 
     folder = RunFolder(Path(out))
     with folder.locked():
         folder.remove_leftovers()
-        data = open_prepared(settings.data)
+        data = open_prepared(settings.data, settings.seed)
         check_splits(data.splits, settings.data)
         precision = resolve_precision(settings.precision, planned_device_type(settings.device))
-        identity = settings.identity(data.sha256, precision)
+        identity = settings.identity(data.sha256, precision, data.fold)
         metrics = finished(folder, identity, settings)
         if metrics is not None:
             print(f"{out}: already complete ({settings.epochs} epochs); nothing to do", file=sys.stderr)

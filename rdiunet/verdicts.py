@@ -54,6 +54,7 @@ ALPHA = 0.05
 POWER_TARGET = 0.8
 MIN_SEEDS = 2  # per model: a spread needs two
 MIN_SUBJECTS = 3
+MIN_FOLDS = 3  # tested folds of a cross-validated study: two would leave one degree of freedom
 MAX_SEEDS = 200  # seeds_needed is not searched beyond this
 PERMUTATIONS = 20_000  # exact below this many relabellings, Monte Carlo above
 # Default equivalence margins, per claim (config: margins). Accuracy: half the smallest Dice gain
@@ -157,8 +158,17 @@ def welch_df(terms: list[tuple[float, float]]) -> float:
 
 def undecided(reason: str, effect: float, verdict: str = INCONCLUSIVE, **common) -> Judgement:
     """A judgement without an interval: too few seeds, subjects, events or sessions."""
-    return Judgement(verdict=verdict, reason=reason, effect=effect, low=math.nan, high=math.nan, p=None,
-                     power=None, seeds_needed=None, **common)  # fmt: skip
+    return Judgement(
+        verdict=verdict,
+        reason=reason,
+        effect=effect,
+        low=math.nan,
+        high=math.nan,
+        p=None,
+        power=None,
+        seeds_needed=None,
+        **common,
+    )
 
 
 # --- accuracy -----------------------------------------------------------------------------------
@@ -226,6 +236,71 @@ def accuracy_parts(scores: pd.DataFrame, proposed: str, baseline: str) -> Accura
     return AccuracyParts(effect, seed_variance, seeds, subject_variance, subjects, len(differences))
 
 
+@dataclass(frozen=True)
+class FoldParts:
+    """The accuracy effect of a cross-validated study: each image scored by the seeds whose test
+    fold held it. A fold's images share their runs, so the runs' randomness and the subjects'
+    sampling both sit in the spread of the per-fold differences: folds are the clusters."""
+
+    effect: float
+    fold_variance: float  # cluster-robust variance of the effect over folds
+    subject_variance: float  # the part the subjects alone would give (cluster-robust over subjects)
+    folds: int
+    repeats: float  # seeds per fold and model
+    seeds: dict[str, int]
+    subjects: int
+    images: int
+
+    def se_and_df(self, repeats: float | None = None) -> tuple[float, float]:
+        """The standard error with `repeats` seeds per fold (the observed number by default): the
+        runs' part shrinks with repeats, the subjects' part does not."""
+        if repeats is None:
+            return math.sqrt(self.fold_variance), self.folds - 1
+        runs = max(self.fold_variance - self.subject_variance, 0.0) * self.repeats / repeats
+        return math.sqrt(runs + self.subject_variance), self.folds - 1
+
+
+def cluster_variance(differences: pd.Series, clusters: pd.Series, effect: float) -> float:
+    """Cluster-robust (CR1) variance of the mean of `differences`, clustered by `clusters`."""
+    by = differences.groupby(clusters.to_numpy()).agg(["mean", "size"])
+    count = len(by)
+    if count < 2:
+        return math.nan
+    weights = by["size"].to_numpy(float) / len(differences)
+    return float(count / (count - 1) * np.sum((weights * (by["mean"].to_numpy() - effect)) ** 2))
+
+
+def fold_parts(scores: pd.DataFrame, proposed: str, baseline: str) -> FoldParts:
+    both = scores[scores.model.isin((proposed, baseline))]
+    per_image = both.groupby(["model", "image"]).dice.mean().unstack("model")[[proposed, baseline]].dropna()
+    differences = per_image[proposed] - per_image[baseline]
+    first = both.groupby("image")[["fold", "subject"]].first().reindex(differences.index)
+    if both.groupby("image").fold.nunique().max() > 1:
+        raise UserError("an image is scored in two folds; each test image must belong to one fold")
+    effect = float(differences.mean())
+    seeds = {m: int(both[both.model == m].seed.nunique()) for m in (proposed, baseline)}
+    folds = int(first.fold.nunique())
+    return FoldParts(
+        effect=effect,
+        fold_variance=cluster_variance(differences, first.fold, effect),
+        subject_variance=cluster_variance(differences, first.subject, effect),
+        folds=folds,
+        repeats=min(seeds.values()) / max(folds, 1),
+        seeds=seeds,
+        subjects=int(first.subject.nunique()),
+        images=len(differences),
+    )
+
+
+def cv_seeds_needed(parts: FoldParts, difference: float) -> int | None:
+    """Seeds per model (whole rounds of the folds) for POWER_TARGET at `difference`; None where
+    the subjects' spread alone keeps the power below it."""
+    for repeats in range(1, MAX_SEEDS // parts.folds + 1):
+        if power_of(difference, *parts.se_and_df(repeats)) >= POWER_TARGET:
+            return repeats * parts.folds
+    return None
+
+
 def seeds_needed(parts: AccuracyParts, difference: float) -> int | None:
     """Seeds per model for POWER_TARGET at `difference`, with the variances observed; None where
     the subjects' spread alone keeps the power below it (more seeds cannot help then)."""
@@ -252,48 +327,47 @@ def judge_accuracy(
     claimed: float | None = None,
 ) -> Judgement:
     """Is `proposed` more accurate than `baseline` (mean test Dice)? `scores`: one row per model,
-    seed and test image (columns model, seed, image, subject, dice). `margin`: the equivalence
-    margin in Dice (default MARGINS["accuracy"]); `claimed`: the gain claimed, for the power."""
+    seed and test image (columns model, seed, image, subject, dice; and fold, for a
+    cross-validated study, where each image is scored by the seeds of its fold). `margin`: the
+    equivalence margin in Dice (default MARGINS["accuracy"]); `claimed`: the gain claimed, for
+    the power."""
     scores = check_scores(scores, proposed, baseline)
     margin = MARGINS["accuracy"] if margin is None else margin
-    parts = accuracy_parts(scores, proposed, baseline)
-    counts = {
-        f"seeds of {proposed}": parts.seeds[proposed],
-        f"seeds of {baseline}": parts.seeds[baseline],
-        "subjects": parts.subjects,
-        "images": parts.images,
-    }
-    common = dict(
-        claim="accuracy",
-        margin=margin,
-        claimed=claimed,
-        unit="Dice",
-        method="seeds + subjects, Welch t",
-        counts=counts,
-    )
+    cross_validated = "fold" in scores.columns and scores.fold.notna().any()
+    if cross_validated:
+        if scores.fold.isna().any():
+            raise UserError("the fold column is empty for some rows; give every row its test fold, or none")
+        parts, needed = fold_parts(scores, proposed, baseline), cv_seeds_needed
+        method = "cross-validation, folds as clusters, t"
+        too_few = TOO_FEW_SEEDS if parts.folds < MIN_FOLDS else None
+    else:
+        parts, needed = accuracy_parts(scores, proposed, baseline), seeds_needed
+        method = "seeds + subjects, Welch t"
+        too_few = TOO_FEW_SEEDS if min(parts.seeds.values()) < MIN_SEEDS else None
+        too_few = too_few or (TOO_FEW_SUBJECTS if parts.subjects < MIN_SUBJECTS else None)
     if parts.images == 0:
         raise UserError(f"no test image was scored for both '{proposed}' and '{baseline}'")
-    if min(parts.seeds.values()) < MIN_SEEDS or parts.subjects < MIN_SUBJECTS:
-        reason = TOO_FEW_SEEDS if min(parts.seeds.values()) < MIN_SEEDS else TOO_FEW_SUBJECTS
-        return undecided(reason, parts.effect, **common)
+    counts = {f"seeds of {proposed}": parts.seeds[proposed], f"seeds of {baseline}": parts.seeds[baseline]}
+    counts |= {"folds": parts.folds} if cross_validated else {}
+    counts |= {"subjects": parts.subjects, "images": parts.images}
+    common = dict(claim="accuracy", margin=margin, claimed=claimed, unit="Dice", method=method, counts=counts)
+    if too_few:
+        return undecided(too_few, parts.effect, **common)
     se, df = parts.se_and_df()
     verdict, low, high, p = decide(parts.effect, se, df, margin)
     target = claimed if claimed is not None else margin
-    power = power_of(target, se, df)
-    needed = seeds_needed(parts, target)
-    reason = UNDERPOWERED if verdict == INCONCLUSIVE else None
     note = ""
     if verdict == REPRODUCED and high < margin:
         note = f"the whole interval lies below the margin ({margin:g}): a real but small gain"
     return Judgement(
         verdict=verdict,
-        reason=reason,
+        reason=UNDERPOWERED if verdict == INCONCLUSIVE else None,
         effect=parts.effect,
         low=low,
         high=high,
         p=p,
-        power=power,
-        seeds_needed=needed,
+        power=power_of(target, se, df),
+        seeds_needed=needed(parts, target),
         note=note,
         **common,
     )

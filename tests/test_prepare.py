@@ -145,6 +145,75 @@ def test_too_few_groups_for_the_splits_is_an_error():
         assign_splits(["a", "a", "b"], [None] * 3, (0.8, 0.1, 0.1), seed=0)
 
 
+# --- subject-wise k-fold cross-validation ---------------------------------------------------------
+
+
+def split_groups(data) -> dict[str, set[str]]:
+    return {name: set(split.groups) for name, split in data.splits.items()}
+
+
+@pytest.mark.parametrize("folds", [3, 5])
+def test_folds_never_leak_a_subject_and_k_seeds_test_every_subject_once(synthetic_raw, tmp_path, folds):
+    from rdiunet.data.dataset import open_prepared
+
+    out = tmp_path / "nerve_cv.npz"
+    summary = prepare("nerve", synthetic_raw["nerve"], out, size=32, workers=1, folds=folds)
+    assert summary["folds"]["k"] == folds and summary["folds"]["by"] == "subject"
+    subjects = set(arrays(out)["groups"].tolist())
+    assert sum(summary["folds"]["subjects"]) == len(subjects)
+    tested = []
+    for seed in range(folds):  # k consecutive seeds
+        data = open_prepared(out, seed)
+        groups = split_groups(data)
+        assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
+        assert not groups["val"] & groups["test"]
+        assert data.fold == {"k": folds, "test": seed % folds, "val": (seed + 1) % folds}
+        assert len(data.splits["train"]) > 0
+        tested += list(groups["test"])
+    assert sorted(tested) == sorted(subjects)  # every subject once
+    # Seed k repeats seed 0's split, with other initial weights.
+    assert open_prepared(out, folds).splits["test"].ids == open_prepared(out, 0).splits["test"].ids
+    # Whole subjects, dealt largest first to the emptiest fold: the folds hold about as many images.
+    sizes = np.unique(arrays(out)["groups"], return_counts=True)[1]
+    assert max(summary["folds"]["images"]) - min(summary["folds"]["images"]) <= sizes.max()
+
+
+def test_a_source_without_subjects_is_cross_validated_by_image_and_says_so(synthetic_raw, tmp_path):
+    summary = prepare("jsrt", synthetic_raw["jsrt"], tmp_path / "j.npz", size=32, workers=1, folds=3)
+    assert summary["folds"]["by"] == "image (the source names no subjects: each image is its own)"
+    # Cross-validation tests every image: the official test set is dealt to the folds too.
+    assert sum(summary["folds"]["images"]) == summary["images"]
+
+
+def test_a_cross_validated_dataset_needs_a_seed_and_enough_subjects_and_folds(synthetic_raw, tmp_path):
+    from rdiunet.data.dataset import load_prepared
+
+    out = tmp_path / "n.npz"
+    prepare("nerve", synthetic_raw["nerve"], out, size=32, workers=1, folds=3)
+    with pytest.raises(UserError, match="cross-validated in 3 folds: a training seed picks the split"):
+        load_prepared(out)
+    with pytest.raises(UserError, match="--folds must be an integer of at least 3"):
+        prepare("nerve", synthetic_raw["nerve"], tmp_path / "x.npz", size=32, workers=1, folds=2)
+    with pytest.raises(UserError, match="subjects cannot fill 500 folds"):
+        prepare("nerve", synthetic_raw["nerve"], tmp_path / "y.npz", size=32, workers=1, folds=500)
+
+
+def test_seeds_that_leave_a_fold_untested_are_a_configuration_error():
+    from rdiunet.readings import ConfigError, resolve
+
+    config = {
+        "datasets": {"nerve": {"threshold": 0.7}, "nerve_cv": {"source": "nerve", "folds": 3}},
+        "models": {"unet": {}, "rdiunet": {}},
+        "seeds": [0, 1],
+    }
+    with pytest.raises(
+        ConfigError, match=r"nerve_cv: its seeds \[0, 1\] leave fold\(s\) \[2\] of 3 untested"
+    ):
+        resolve(config)
+    config["datasets"]["nerve_cv"]["seeds"] = [3, 4, 5]  # any three consecutive seeds cover the folds
+    assert resolve(config).datasets["nerve_cv"]["seeds"] == [3, 4, 5]
+
+
 # --- bad input through the command line: one line, non-zero exit, nothing written --------------
 
 

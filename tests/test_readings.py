@@ -34,13 +34,14 @@ def paper_config() -> dict:
 # --- variants ------------------------------------------------------------------------------------------
 
 
-def test_the_paper_run_resolves_to_fourteen_readings_and_fourteen_runs_per_seed():
+def test_the_paper_run_resolves_to_fifteen_readings_and_sixteen_runs_per_seed():
     plan = resolve(paper_config(), WORKFLOW_KEYS)
     assert [r.name for r in plan.readings] == [
         "headline",
         "proposed = rdiunet_k3",
         "baseline = unet_classic",
         "nerve = nerve_by_image",
+        "nerve = nerve_cv",
         # Readings the same runs answer:
         "curve = val_dice_pooled",
         "curve = val_soft_dice",
@@ -53,7 +54,7 @@ def test_the_paper_run_resolves_to_fourteen_readings_and_fourteen_runs_per_seed(
         "protocol = best_batch",
         "protocol = end_to_end",
     ]
-    curve = plan.readings[5]
+    curve = plan.readings[6]
     assert (curve.curve, curve.checkpoint, curve.precision, curve.protocol) == (
         "val_soft_dice",
         "best_dice",
@@ -68,10 +69,12 @@ def test_the_paper_run_resolves_to_fourteen_readings_and_fourteen_runs_per_seed(
     )
     assert plan.readings[3].datasets == ("nerve_by_image", "jsrt", "isic")
     assert plan.readings[3].stands_for["nerve_by_image"] == "nerve"
+    assert plan.readings[4].datasets == ("nerve_cv", "jsrt", "isic")
+    assert plan.datasets["nerve_cv"]["folds"] == 5 and plan.datasets["nerve_cv"]["size"] == 128  # inherited
     # One factor at a time: no unet_classic on nerve_by_image, no rdiunet_k3 against unet_classic.
-    assert len(plan.pairs) == 14
+    assert len(plan.pairs) == 16
     assert ("nerve_by_image", "unet_classic") not in plan.pairs
-    assert plan.models_of("nerve_by_image") == ["unet", "rdiunet"]
+    assert plan.models_of("nerve_by_image") == plan.models_of("nerve_cv") == ["unet", "rdiunet"]
 
 
 def test_variants_name_their_base_and_inherit_their_sources_settings():

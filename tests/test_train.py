@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import (
@@ -364,3 +365,18 @@ def test_the_three_checkpoints_differ_on_a_run_built_to_overfit(tmp_path):
     assert epochs["last"] == 12 and epochs["best_loss"] < epochs["best_dice"] < 12
     dice = {name: scores["dice"] for name, scores in metrics["checkpoints"].items()}
     assert len(set(dice.values())) == 3, dice
+
+
+def test_a_cross_validated_run_tests_its_seeds_fold_and_records_it(synthetic_raw, tmp_path):
+    from rdiunet.data.dataset import open_prepared
+    from rdiunet.data.prepare import prepare
+
+    data = tmp_path / "nerve_cv.npz"
+    prepare("nerve", synthetic_raw["nerve"], data, size=32, workers=1, folds=3)
+    metrics = train(tiny_settings(data, seed=1, epochs=1), tmp_path / "run")
+    assert metrics["fold"] == {"k": 3, "test": 1, "val": 2} == metrics["identity"]["fold"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["data"]["fold"] == metrics["fold"]
+    scored = set(pd.read_csv(tmp_path / "run" / "per_image.csv").id.astype(str))
+    assert scored == set(open_prepared(data, 1).splits["test"].ids)
+    assert scored.isdisjoint(open_prepared(data, 0).splits["test"].ids)  # seed 0 tests another fold

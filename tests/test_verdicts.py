@@ -286,11 +286,12 @@ def test_calibrate_command_writes_the_table(tmp_path):
     result = run_cli("calibrate", "--out", out, "--studies", "10", "--seeds", "3", "--subjects", "5")
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out)
-    assert set(table.claim) == {"accuracy", "stability", "convergence"}
+    assert set(table.claim) == {"accuracy", "accuracy (5-fold CV)", "stability", "convergence"}
     assert set(table.method) == {"rule", "image_bootstrap"}
     rates = table[list(verdicts.VERDICTS[:4])].sum(axis=1)
     assert np.allclose(rates, 1.0)
-    assert "| accuracy: seeds | subjects | no effect: reproduced |" in result.stdout
+    assert "| design | seeds | subjects | no effect: reproduced |" in result.stdout
+    assert "| 5-fold CV | 5 | 47 |" in result.stdout
     assert_one_line_error(run_cli("calibrate", "--out", out, "--seeds", "1"), "--seeds takes integers")
 
 
@@ -313,3 +314,37 @@ def test_sensitivity_readings_get_holm_adjusted_p_values_and_the_primary_does_no
     assert adjusted[0].p_holm is None
     expected = multipletests([0.01, 0.02, 0.04], method="holm")[1]
     assert [v.p_holm for v in adjusted[1:]] == pytest.approx(list(expected))
+
+
+# --- cross-validated studies: folds are the clusters ---------------------------------------------
+
+
+def cv_scores(effect, seeds=5, subjects=47, seed=0):
+    return simulate_scores(np.random.default_rng(seed), effect, seeds, subjects, folds=5)
+
+
+def test_a_cross_validated_study_is_judged_over_all_subjects_with_folds_as_clusters():
+    table = cv_scores(0.05, seeds=10)
+    assert table.groupby("image").seed.nunique().max() == 2  # each image scored by its fold's 2 seeds
+    judged = verdicts.judge_accuracy(table, "proposed", "baseline", claimed=0.01)
+    assert judged.verdict == REPRODUCED and "cross-validation" in judged.method
+    assert judged.counts["folds"] == 5 and judged.counts["subjects"] == 47
+    assert judged.seeds_needed is None or judged.seeds_needed % 5 == 0  # whole rounds of the folds
+    few = verdicts.judge_accuracy(cv_scores(0.05, seeds=2), "proposed", "baseline")
+    assert few.verdict == INCONCLUSIVE and few.reason == TOO_FEW_SEEDS  # two folds tested
+    leaking = table.assign(fold=np.where(table.seed == 0, 4, table.fold))
+    with pytest.raises(UserError, match="an image is scored in two folds"):
+        verdicts.judge_accuracy(leaking, "proposed", "baseline")
+
+
+def test_cross_validation_rule_calibration_and_what_ignoring_the_folds_would_do(monkeypatch):
+    scenario = Scenario("accuracy (5-fold CV)", "no effect", 0.0, 5, 47)
+    rates = calibration.run_accuracy(scenario, studies=200, seed=21)
+    limit = 0.05 + 2 * math.sqrt(0.05 * 0.95 / 200)
+    assert rates["reproduced"] <= limit and rates["contradicted"] <= limit and rates["coverage"] >= 0.92
+    # Subjects as the clusters, as if each fold's images did not share their runs: too narrow.
+    monkeypatch.setattr(
+        verdicts.FoldParts, "se_and_df", lambda self, repeats=None: (math.sqrt(self.subject_variance), 46)
+    )
+    naive = calibration.run_accuracy(scenario, studies=200, seed=21)
+    assert naive["coverage"] < 0.88

@@ -16,6 +16,8 @@ import torch
 from rdiunet.errors import UserError
 from rdiunet.fileio import read_json, sha256_of
 
+from .folds import fold_split
+
 SPLITS = ("train", "val", "test")
 REQUIRED = {"images": np.uint8, "masks": np.uint8, "split": np.int8}
 
@@ -62,12 +64,27 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: masks must be 0/1 and split 0/1/2; {rerun}")
     if arrays["ids"].shape != (len(images),) or len(set(arrays["ids"].tolist())) != len(images):
         raise UserError(f"{path}: 'ids' must name every image once; {rerun}")
+    if "fold" in arrays and (
+        arrays["fold"].shape != (len(images),) or arrays["fold"].dtype != np.int8 or arrays["fold"].min() < 0
+    ):
+        raise UserError(f"{path}: 'fold' must give every image a fold 0..k-1; {rerun}")
     return arrays
 
 
-def load_prepared(path: str | Path) -> dict[str, Split]:
-    """The train, val and test splits of a prepared .npz (on the CPU)."""
+def folds_of(arrays: dict[str, np.ndarray]) -> int | None:
+    """k for a cross-validated dataset (its 'fold' array), else None."""
+    return int(arrays["fold"].max()) + 1 if "fold" in arrays else None
+
+
+def load_prepared(path: str | Path, seed: int | None = None) -> dict[str, Split]:
+    """The train, val and test splits of a prepared .npz (on the CPU); for a cross-validated one,
+    the splits of training seed `seed` (fold_split)."""
     arrays = read_arrays(Path(path))
+    folds = folds_of(arrays)
+    if folds is not None:
+        if seed is None:
+            raise UserError(f"{path} is cross-validated in {folds} folds: a training seed picks the split")
+        arrays["split"] = fold_split(arrays["fold"], folds, seed)
     images = torch.from_numpy(arrays["images"]).unsqueeze(1)
     masks = torch.from_numpy(arrays["masks"]).unsqueeze(1)
     ids = arrays["ids"].astype(str)
@@ -84,12 +101,14 @@ def load_prepared(path: str | Path) -> dict[str, Split]:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A prepared dataset that matches its summary: the splits, the summary and the .npz's sha256."""
+    """A prepared dataset that matches its summary: the splits, the summary and the .npz's sha256;
+    for a cross-validated one, `fold` says which folds these splits test and validate on."""
 
     path: Path
     splits: dict[str, Split]
     summary: dict
     sha256: str
+    fold: dict | None = None  # {"k": folds, "test": fold, "val": fold}
 
     @property
     def synthetic(self) -> bool:
@@ -112,8 +131,9 @@ def read_summary(path: Path) -> dict:
     return summary
 
 
-def open_prepared(path: str | Path) -> Prepared:
-    """The prepared data, after checking that the .npz is the one its summary describes.
+def open_prepared(path: str | Path, seed: int | None = None) -> Prepared:
+    """The prepared data, after checking that the .npz is the one its summary describes; for a
+    cross-validated dataset, the splits of training seed `seed`.
 
     A preparation killed between writing the two files, or an .npz replaced by hand, is refused
     rather than trained on under the other file's description."""
@@ -128,11 +148,19 @@ def open_prepared(path: str | Path) -> Prepared:
             f"{summary['npz_sha256'][:12]}): a preparation was interrupted or a file replaced; "
             "rerun rdiunet prepare"
         )
-    splits = load_prepared(path)
-    counts = {name: len(split) for name, split in splits.items()}
-    if counts != summary["counts"]:
-        raise UserError(f"{path} holds {counts} images per split, its summary says {summary['counts']}")
-    return Prepared(path, splits, summary, actual)
+    splits = load_prepared(path, seed)
+    folds = summary.get("folds")
+    if folds:
+        test, val = seed % folds["k"], (seed + 1) % folds["k"]
+        counts = {"train": sum(folds["images"]) - folds["images"][test] - folds["images"][val]}
+        counts |= {"val": folds["images"][val], "test": folds["images"][test]}
+        fold = {"k": folds["k"], "test": test, "val": val}
+    else:
+        counts, fold = summary["counts"], None
+    found = {name: len(split) for name, split in splits.items()}
+    if found != counts:
+        raise UserError(f"{path} holds {found} images per split, its summary says {counts}")
+    return Prepared(path, splits, summary, actual, fold)
 
 
 def batches(

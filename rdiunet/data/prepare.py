@@ -1,7 +1,8 @@
 """From raw archives to one array file per dataset.
 
     data/prepared/{dataset}.npz   images uint8 (N,H,W), masks uint8 {0,1} (N,H,W), ids, groups,
-                                  split int8 (0 train, 1 val, 2 test)
+                                  split int8 (0 train, 1 val, 2 test); with --folds k also
+                                  fold int8 (0..k-1), from which each seed's split is derived
     data/prepared/{dataset}.json  counts per split, image size, whether the data is synthetic, the
                                   sha256 of every raw archive and of the .npz itself
 
@@ -33,6 +34,7 @@ from rdiunet.fileio import atomic_paths, exclusive_lock, remove_leftovers, sha25
 
 from . import sources
 from .decode import forget_archives, load_pair
+from .folds import assign_folds, fold_split
 from .source import Pair
 from .synthetic import MARKER
 
@@ -164,16 +166,26 @@ def prepare(
     keep_empty: bool | None = None,
     workers: int | None = None,
     split_by: str = "subject",
+    folds: int | None = None,
 ) -> dict:
     """Write `out` (.npz) and its .json summary; return the summary.
 
     `split_by` "subject" keeps each group (a subject for nerve, the image itself elsewhere) in one
     split; "image" splits images at random (frames of one subject then land in several splits,
-    the reading the paper may have used). The groups are recorded either way."""
+    the reading the paper may have used). The groups are recorded either way.
+
+    `folds` k: subject-wise k-fold cross-validation. Every image (an official test set included:
+    cross-validation tests every subject) gets a fold; each training seed s then tests on fold
+    s mod k and validates on fold (s + 1) mod k (fold_split). The stored `split` is seed 0's."""
     source = sources.get(dataset)
     size = source.size if size is None else size
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     check_options(size, workers, seed)
+    if folds is not None and (not isinstance(folds, int) or folds < 3):
+        raise UserError(
+            f"--folds must be an integer of at least 3 (a test fold, a validation fold and one to train on), "
+            f"got {folds}"
+        )
     if split_by not in SPLIT_BY:
         raise UserError(f"--split-by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
     if not raw.is_dir():
@@ -202,7 +214,11 @@ def prepare(
             raise UserError(f"no images left in {raw} after dropping empty masks; use --keep-empty")
         groups = [p.group for p in pairs]
         units = groups if split_by == "subject" else [p.id for p in pairs]
-        split = assign_splits(units, [p.official for p in pairs], fractions, seed)
+        fold = assign_folds(units, folds, seed) if folds else None
+        if fold is not None:
+            split = fold_split(fold, folds, 0)
+        else:
+            split = assign_splits(units, [p.official for p in pairs], fractions, seed)
         marker = synthetic_marker(raw)
         summary = {
             "dataset": dataset,
@@ -223,6 +239,7 @@ def prepare(
                 "seed": seed,
                 "official": sorted({SPLITS[p.official] for p in pairs if p.official is not None}),
             },
+            "folds": fold_summary(fold, folds, units, split_by) if fold is not None else None,
             "raw": raw_entries,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "rdiunet_version": __version__,
@@ -236,14 +253,41 @@ def prepare(
                     ids=np.array([p.id for p in pairs]),
                     groups=np.array(groups),
                     split=split,
+                    **({"fold": fold} if fold is not None else {}),
                 )
             summary["npz_sha256"] = sha256_of(npz_tmp)
             summary_tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
+def fold_summary(fold: np.ndarray, folds: int, units: list[str], split_by: str) -> dict:
+    """Per fold its images and subjects, and what the folds were drawn by."""
+    subjects = len(set(units)) < len(units)
+    if split_by == "subject" and subjects:
+        by = "subject"
+    elif split_by == "subject":
+        by = "image (the source names no subjects: each image is its own)"
+    else:
+        by = "image (frames of one subject may sit in several folds)"
+    return {
+        "k": folds,
+        "by": by,
+        "images": [int((fold == k).sum()) for k in range(folds)],
+        "subjects": [len({u for u, f in zip(units, fold, strict=True) if f == k}) for k in range(folds)],
+        "seed_to_fold": "seed s tests fold s mod k, validates on fold (s + 1) mod k, trains on the rest",
+    }
+
+
 def prepare_command(dataset: str, raw: Path, out: Path, **options) -> None:
     """`rdiunet prepare`: prepare and print what the arrays hold."""
     summary = prepare(dataset, raw, out, **options)
+    if summary["folds"]:
+        folds = summary["folds"]
+        sizes = ", ".join(f"{i} {s}" for i, s in zip(folds["images"], folds["subjects"], strict=True))
+        print(
+            f"{out}: {summary['images']} images in {folds['k']} folds by {folds['by']} "
+            f"(images subjects per fold: {sizes}), {summary['image_size'][0]} px"
+        )
+        return
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
     print(f"{out}: {summary['images']} images ({counts}), {summary['image_size'][0]} px")

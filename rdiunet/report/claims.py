@@ -132,7 +132,7 @@ def accuracy_scores(per_image: pd.DataFrame, dataset: str, models: tuple[str, st
     """The engine's scores table from the collected per-image rows of one dataset."""
     rows = per_image[(per_image.dataset == dataset) & per_image.model.isin(models)]
     subject = rows["group"] if "group" in rows else rows["id"]
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "model": rows.model,
             "seed": rows.seed,
@@ -141,6 +141,10 @@ def accuracy_scores(per_image: pd.DataFrame, dataset: str, models: tuple[str, st
             "dice": rows.dice,
         }
     )
+    # A cross-validated dataset: each score's test fold (the engine clusters by fold).
+    if "fold" in rows and rows["fold"].notna().any():
+        table["fold"] = rows["fold"]
+    return table
 
 
 def accuracy(study: Study, dataset: str, per_image: pd.DataFrame, proposed: str, baseline: str, reading: str):

@@ -62,6 +62,14 @@ class Study:
     def models_of(self, dataset: str) -> list[str]:
         return self.plan.models_of(dataset)
 
+    def seeds_of(self, dataset: str) -> list[int]:
+        """The seeds trained on `dataset`: its own `seeds`, else the study's."""
+        return [int(s) for s in self.plan.datasets[dataset].get("seeds", self.seeds)]
+
+    def folds_of(self, dataset: str) -> int | None:
+        """k for a dataset cross-validated in k folds, else None."""
+        return self.plan.datasets[dataset].get("folds")
+
     def threshold(self, dataset: str) -> float:
         return self.plan.datasets[dataset]["threshold"]
 
@@ -83,7 +91,7 @@ class Study:
     def runs(self):
         """(dataset, model, seed) of every training run the readings need."""
         for dataset, model in self.plan.pairs:
-            for seed in self.seeds:
+            for seed in self.seeds_of(dataset):
                 yield dataset, model, seed
 
 
@@ -238,7 +246,7 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
         if data_sha256 is None:
             unchecked.append(dataset)
         for model in study.models_of(dataset):
-            for seed in study.seeds:
+            for seed in study.seeds_of(dataset):
                 folder = RunFolder.of(results, dataset, model, seed)
                 try:
                     metrics, history, per_image, run = check_run(folder, data_sha256)
@@ -248,7 +256,9 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
                 runs += run_records(dataset, model, seed, metrics)
                 labels = {"dataset": dataset, "model": model, "seed": seed}
                 histories.append(history.assign(**labels))
-                per_images.append(per_image.assign(**labels))
+                # Each score's fold, for a cross-validated dataset (the verdict clusters by fold).
+                fold = (metrics.get("fold") or {}).get("test")
+                per_images.append(per_image.assign(**labels, fold=fold))
                 if (run.get("data") or {}).get("synthetic"):
                     synthetic.append(f"{dataset}/{model}/seed{seed}")
                 withheld = energy_withheld(metrics.get("gpu") or {})

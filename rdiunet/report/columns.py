@@ -100,6 +100,7 @@ TABLE1 = (
     Column("dataset", "dataset", text=True),
     Column("model", "model", text=True),
     Column("seeds", "seeds"),
+    Column("design", "test design", text=True),
     Column("dice", "Dice", mean_sd(3), Paper("dice", checked(3), delta=plus_minus(3))),
     Column("iou", "IoU", mean_sd(3), Paper("iou", checked(3), delta=plus_minus(3))),
     Column("vs_baseline", "Δ Dice vs baseline [95% CI], verdict", text=True),

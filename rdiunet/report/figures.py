@@ -103,13 +103,20 @@ def examples(
     results: Path, data: Path, dataset: str, collection: Collection, study: Study, out: Path
 ) -> list[Path]:
     """The Fig. 7 analogue: fixed test images (evenly spaced in id order), their ground truth, and
-    each model's prediction (its first valid seed) with its Dice."""
-    test = open_prepared(data / f"{dataset}.npz").splits["test"]
+    each model's prediction (its first valid seed) with its Dice. On a cross-validated dataset every
+    model shows the first seed valid for all of them, so that no model is shown an image it was
+    trained on (each seed tests another fold)."""
+    models = study.models_of(dataset)
+    seeds = {m: first_valid_seed(collection, dataset, m) for m in models}
+    if study.folds_of(dataset):
+        runs = collection.runs[collection.runs.dataset == dataset]
+        common = set.intersection(*(set(runs[runs.model == m].seed) for m in models)) if len(runs) else set()
+        seeds = dict.fromkeys(models, min(common)) if common else dict.fromkeys(models)
+    shown_seed = next((seed for seed in seeds.values() if seed is not None), 0)
+    test = open_prepared(data / f"{dataset}.npz", int(shown_seed)).splits["test"]
     order = np.argsort(test.ids)
     chosen = order[np.linspace(0, len(order) - 1, min(EXAMPLES, len(order))).round().astype(int)]
     images, masks = test.images[chosen], test.masks[chosen]
-    models = study.models_of(dataset)
-    seeds = {m: first_valid_seed(collection, dataset, m) for m in models}
     predictions = {
         m: predict(RunFolder.of(results, dataset, m, seed), images, study.checkpoint)
         for m, seed in seeds.items()

@@ -62,6 +62,7 @@ def table1(collection: Collection, study: Study) -> pd.DataFrame:
                 "model": model,
                 "synthetic": synthetic(collection, study, dataset, model),
                 "seeds": len(group),
+                "design": design(collection, study, dataset, model),
             }
             for metric in AVERAGED:
                 row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd(group[metric])
@@ -74,6 +75,20 @@ def table1(collection: Collection, study: Study) -> pd.DataFrame:
             row["paper_consistent"] = paper_check.consistent(source, base)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def design(collection: Collection, study: Study, dataset: str, model: str) -> str:
+    """How the test images were chosen, and how many subjects were tested (by the valid runs)."""
+    images = selected(collection.per_image, dataset, model)
+    if images.empty:
+        subjects = 0
+    else:
+        images = images[images.checkpoint == study.checkpoint]
+        subjects = (images["group"] if "group" in images else images["id"]).nunique()
+    folds = study.folds_of(dataset)
+    if folds:
+        return f"{folds}-fold CV, {subjects} subjects tested"
+    return f"test split, {subjects} subjects"
 
 
 def against_baseline(collection: Collection, study: Study, dataset: str, model: str) -> str:

@@ -129,6 +129,8 @@ def prepare_flags(wildcards):
     ]
     if "keep_empty" in settings:
         flags.append("--keep-empty" if settings["keep_empty"] else "--no-keep-empty")
+    if "folds" in settings:
+        flags.append(f"--folds {settings['folds']}")
     return " ".join(flags)
 
 
@@ -185,9 +187,14 @@ def speed_flags(wildcards):
     return bench_flags(wildcards) + f" --sessions {config['bench']['sessions']}"
 
 
+def seeds_of(dataset):
+    """A dataset's own seeds (a cross-validated one may need more), else the configuration's."""
+    return [int(seed) for seed in PLAN.datasets[dataset].get("seeds", SEEDS)]
+
+
 def run_dirs():
     """Only the runs the readings compare (rdiunet/readings.py), not every dataset x model."""
-    return [f"results/{d}/{m}/seed{s}" for d, m in PLAN.pairs for s in SEEDS]
+    return [f"results/{d}/{m}/seed{s}" for d, m in PLAN.pairs for s in seeds_of(d)]
 
 
 def all_metrics():
