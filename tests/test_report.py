@@ -256,7 +256,7 @@ def test_report_in_headless_chromium(demo):
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])"
         )
-        assert len(images) == 4 * len(FIGURE_KINDS)  # 4 datasets (nerve_by_image too) x every kind
+        assert len(images) == 5 * len(FIGURE_KINDS)  # 5 datasets (nerve_by_image, nerve_cv too) x every kind
         assert all(complete and width > 0 for complete, width, _ in images), images
         assert all(src.startswith("data:image/png;base64") for _, _, src in images)
         network = driver.execute_script(
