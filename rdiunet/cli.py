@@ -200,19 +200,18 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def load_config(args: argparse.Namespace) -> dict:
-    """The workflow configuration behind a results tree: --config-json TEXT or --config FILE."""
-    import yaml
+    """The workflow configuration behind a results tree: --config-json TEXT or --config FILE,
+    checked against the workflow's schema (rdiunet.configuration) with its defaults filled in."""
+    from rdiunet.configuration import check_config, read_config
 
     if args.config_json:
         try:
-            return json.loads(args.config_json)
+            config = json.loads(args.config_json)
         except json.JSONDecodeError as error:
             raise UserError(f"--config-json is not valid JSON ({error})") from None
+        return check_config(config, "--config-json")
     if args.config:
-        try:
-            return yaml.safe_load(Path(args.config).read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise UserError(f"cannot read --config {args.config} ({error})") from None
+        return read_config(Path(args.config))
     raise UserError("give the workflow configuration: --config config.yaml or --config-json '{...}'")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rdiunet.checkpoints import FORMAT
 from rdiunet.data.dataset import Prepared, Split, batches, open_prepared
 from rdiunet.errors import UserError
 from rdiunet.fileio import atomic_path, write_json
@@ -148,6 +149,7 @@ def evaluate_run(
         **({"fold": data.fold} if data.fold is not None else {}),
         "epochs": settings.epochs,
         "identity": identity,
+        "checkpoint_format": FORMAT,
         "checkpoints": checkpoints,
         "gpu": gpu if gpu is not None else previous_gpu_summary(folder),
     }

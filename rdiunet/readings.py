@@ -110,14 +110,26 @@ def resolve_models(config: dict) -> dict[str, dict]:
     return models
 
 
+# The preparation defaults of a source's own entry (the schema's `dataset`, which a test keeps in
+# step): a variant whose source has no entry of its own starts from them.
+DATASET_DEFAULTS = {
+    "split": [0.8, 0.1, 0.1],
+    "split_seed": 0,
+    "split_by": "subject",
+    "official_splits": False,
+    "allow_checksum_mismatch": False,
+}
+
+
 def resolve_datasets(config: dict, required: tuple[str, ...]) -> dict[str, dict]:
-    """Each label's settings: a variant inherits its source's entry and overrides what it names."""
+    """Each label's settings: a variant inherits its source's entry (or, where the configuration
+    has none, a source entry's defaults) and overrides what it names."""
     entries = config["datasets"]
     datasets = {}
     for label, entry in entries.items():
         entry = dict(entry or {})
         source = entry.pop("source", label)
-        inherited = dict(entries.get(source) or {}) if source != label else {}
+        inherited = {**DATASET_DEFAULTS, **dict(entries.get(source) or {})} if source != label else {}
         inherited.pop("source", None)
         datasets[label] = {"source": source, **inherited, **entry}
         missing = [k for k in required if k not in datasets[label]]

@@ -5,9 +5,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from rdiunet.checkpoints import FORMAT
+
 CONFIG = {
     "synthetic": True,
-    "datasets": {"jsrt": {"threshold": 0.9}, "isic": {"threshold": 0.75}},
+    "datasets": {
+        "jsrt": {"size": 256, "threshold": 0.9, "epochs": 4, "batch_size": 8},
+        "isic": {"size": 128, "threshold": 0.75, "epochs": 4, "batch_size": 8},
+    },
     "models": {"unet": {}, "rdiunet": {}},
     "seeds": [0, 1],
     "stability_drop": 0.05,
@@ -71,13 +76,26 @@ def write_tree(root: Path, models=("unet", "rdiunet")) -> Path:
             "epochs": 4,
             "images": 3,
             "checkpoints": checkpoints,
+            "checkpoint_format": FORMAT,
             "gpu": {"available": False, "reason": "device is cpu, not a GPU"},
         }
         (run / "metrics.json").write_text(json.dumps(metrics))
+        # Trained as CONFIG says: the study checks every setting it fixes against these records.
+        config = {"model": model, "model_options": {}, "seed": seed, "epochs": 4, "batch_size": 8, "lr": 1e-4}
         run_info = {
             "status": "complete",
             "data_sha256": f"{dataset}-data",
-            "data": {"synthetic": True},
+            "config": config,
+            "identity": {
+                **{key: config[key] for key in ("model", "model_options", "seed", "batch_size", "lr")},
+                "precision": "tf32",
+                "data_sha256": f"{dataset}-data",
+            },
+            "data": {
+                "synthetic": True,
+                "image_size": [SIZES[dataset], SIZES[dataset]],
+                "split": {"by": "subject", "fractions": [0.8, 0.1, 0.1], "seed": 0, "official": []},
+            },
             "environment": {"device_name": "Test CPU", "git_commit": "abc"},
             "settings": {"precision": "tf32"},
         }

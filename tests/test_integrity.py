@@ -93,7 +93,7 @@ def test_real_runs_show_no_banner(tmp_path):
     write_tree(tmp_path)
     for run in (tmp_path / "results").glob("*/*/seed*/run.json"):
         info = json.loads(run.read_text())
-        run.write_text(json.dumps({**info, "data": {"synthetic": False}}))
+        run.write_text(json.dumps({**info, "data": {**info["data"], "synthetic": False}}))
     page = report_page(tmp_path, {**CONFIG, "synthetic": False})
     assert "Synthetic data." not in page and 'class="alarm"' not in page
 
@@ -605,3 +605,65 @@ def test_a_member_that_inflates_to_half_a_gigabyte_is_refused_before_reading(syn
         "prepare", "--workers", "1", "--dataset", "jsrt", "--raw", raw, "--out", tmp_path / "out" / "j.npz"
     )
     assert_one_line_error(result, "006.png", "declares 536,870,912 bytes", f"{MAX_MEMBER_BYTES:,}")
+
+
+# --- the study checks its runs -------------------------------------------------------------------
+
+
+def edit_run(root: Path, run: str, name: str, change) -> None:
+    path = root / "results" / run / name
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_a_report_over_two_configurations_leaves_out_the_foreign_runs_naming_what_differs(tmp_path):
+    from handmade import CONFIG, write_tree
+
+    write_tree(tmp_path)
+
+    # Two runs of another study: another learning rate and fewer epochs; other model options.
+    def other_study(**settings):
+        def change(run):
+            run["config"].update(settings)
+            run["identity"].update({k: v for k, v in settings.items() if k in run["identity"]})
+
+        return change
+
+    edit_run(tmp_path, "jsrt/unet/seed1", "run.json", other_study(lr=1e-2, epochs=2))
+    edit_run(tmp_path, "isic/rdiunet/seed0", "run.json", other_study(model_options={"growth": 8}))
+    config = {**CONFIG, "training": {"lr": 1e-4}}
+    result = run_cli(
+        "tables", "--results", tmp_path / "results", "--data", tmp_path / "none",
+        "--config-json", json.dumps(config), "--out", tmp_path / "reports",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    note = (tmp_path / "reports" / "table1.md").read_text()
+    assert "jsrt/unet/seed1: trained otherwise than this study asks: epochs 2 (the study: 4); lr 0.01" in note
+    assert 'isic/rdiunet/seed0: trained otherwise than this study asks: model_options {"growth": 8}' in note
+    table1 = pd.read_csv(tmp_path / "reports" / "table1.csv").set_index(["dataset", "model"])
+    assert table1.loc[("jsrt", "unet")].seeds == 1 and table1.loc[("jsrt", "unet")].dice_mean == 0.90
+
+
+@pytest.mark.parametrize(
+    "name, change, says",
+    [
+        ("history.csv", lambda h: h.assign(val_dice=h.val_dice * 2), "val_dice holds values outside [0, 1]"),
+        ("history.csv", lambda h: h.assign(train_loss=-1.0), "train_loss holds values that are not finite"),
+        ("metrics.json", lambda m: m.update(iou=1.5), "iou is 1.5, outside [0, 1]"),
+        ("metrics.json", lambda m: m.update(checkpoint_format=1), "checkpoint_format 1 (the study: "),
+    ],
+)
+def test_values_out_of_their_range_exclude_the_run(tmp_path, name, change, says):
+    from handmade import CONFIG, write_tree
+
+    write_tree(tmp_path)
+    path = tmp_path / "results" / "jsrt" / "rdiunet" / "seed0" / name
+    if name == "history.csv":
+        change(pd.read_csv(path).assign(train_loss=0.3)).to_csv(path, index=False)
+    else:
+        edit_run(tmp_path, "jsrt/rdiunet/seed0", name, change)
+    from rdiunet.report.collect import Study, collect
+
+    excluded = collect(tmp_path / "results", Study.from_config(CONFIG)).excluded
+    assert [e.label for e in excluded] == ["jsrt/rdiunet/seed0"] and says in excluded[0].reason

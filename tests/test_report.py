@@ -132,8 +132,11 @@ def test_a_table_column_is_one_line(tmp_path):
 
 def test_missing_threshold_is_a_one_line_error(tmp_path):
     write_tree(tmp_path)
-    no_threshold = {**CONFIG, "datasets": {"jsrt": {}, "isic": {"threshold": 0.75}}}
-    assert_one_line_error(tables_cli(tmp_path, no_threshold), "datasets.jsrt gives no threshold")
+    no_threshold = {
+        **CONFIG,
+        "datasets": {**CONFIG["datasets"], "jsrt": {"size": 256, "epochs": 4, "batch_size": 8}},
+    }
+    assert_one_line_error(tables_cli(tmp_path, no_threshold), "datasets.jsrt: 'threshold' is required")
 
 
 def test_missing_run_bench_and_speed_are_gaps_stated_in_the_tables(tmp_path):
@@ -181,12 +184,12 @@ def test_a_label_that_is_not_a_safe_folder_name_is_refused(tmp_path):
     write_tree(tmp_path)
     config = {**CONFIG, "models": {"unet": {}, HOSTILE: {"model": "rdiunet"}}}
     result = report_cli(tmp_path, config, tmp_path / "reports" / "report.html")
-    assert_one_line_error(result, "a label must be lower case letters, digits and _")
+    assert_one_line_error(result, "is not a label: lower case letters, digits and _")
 
 
 def test_html_escapes_hostile_configuration_text(tmp_path):
     write_tree(tmp_path)
-    config = {**CONFIG, "note": f"{HOSTILE}<script>alert(2)</script>"}
+    config = {**CONFIG, "workdir": f"{HOSTILE}<script>alert(2)</script>"}
     out = tmp_path / "reports" / "report.html"
     result = report_cli(tmp_path, config, out)
     assert result.returncode == 0, result.stderr

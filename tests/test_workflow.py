@@ -164,8 +164,56 @@ def test_invalid_config_stops_snakemake_before_any_job(tmp_path):
     result = snakemake(folder, "-n")
     assert result.returncode != 0
     message = result.stdout + result.stderr
-    assert "Error validating config file" in message and "size" in message
-    assert "Job stats" not in message
+    assert "Error: the configuration: datasets.nerve.size: 100 is not a multiple of 16" in message
+    assert "Job stats" not in message and "properties" not in message  # one line, no schema dump
+
+
+def test_config_errors_are_one_line_with_the_key_path(tmp_path):
+    from rdiunet.configuration import check_config
+    from rdiunet.errors import UserError
+
+    def problem(edit) -> str:
+        config = paper_config()
+        edit(config)
+        with pytest.raises(UserError) as error:
+            check_config(config)
+        assert "\n" not in str(error.value)
+        return str(error.value)
+
+    assert problem(lambda c: c["datasets"]["nerve"].update(epochs="four")) == (
+        "the configuration: datasets.nerve.epochs: 'four' is not of type integer"
+    )
+    unknown = problem(lambda c: c.update(foo=1))
+    assert unknown.startswith("the configuration: unknown key 'foo' at the top level; known keys: bench,")
+    assert "unknown key 'bar' at datasets.nerve_cv" in problem(
+        lambda c: c["datasets"]["nerve_cv"].update(bar=1)
+    )
+    with pytest.raises(UserError, match="the configuration is empty"):
+        check_config(None)
+    # A variant whose source has no entry takes a source entry's defaults, not a KeyError.
+    config = paper_config()
+    del config["datasets"]["nerve"], config["datasets"]["nerve_by_image"]
+    config["datasets"]["nerve_cv"].update(size=128, threshold=0.7, epochs=4, batch_size=8)
+    check_config(config)
+    from rdiunet.readings import DATASET_DEFAULTS, WORKFLOW_KEYS, resolve
+
+    assert resolve(config, WORKFLOW_KEYS).datasets["nerve_cv"]["split_by"] == "subject"
+    schema = yaml.safe_load(SCHEMA.read_text())["$defs"]["dataset"]["properties"]
+    assert {key: spec["default"] for key, spec in schema.items()} == DATASET_DEFAULTS
+
+
+@pytest.mark.slow
+def test_an_unknown_key_stops_snakemake_in_one_line(tmp_path):
+    folder = copy_workflow(tmp_path)
+    (folder / "extra.yaml").write_text("foo: 1\n")
+    result = snakemake(folder, "-n", "--configfile", "extra.yaml")
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "foo" in line]
+    assert errors == [
+        "Error: the configuration: unknown key 'foo' at the top level; known keys: "
+        + errors[0].split("known keys: ")[1]
+    ]
+    assert len((result.stdout + result.stderr).splitlines()) < 15
 
 
 def schema_defaults(section: str) -> dict:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rdiunet import paper
+from rdiunet import checkpoints, paper
 from rdiunet.errors import UserError
 from rdiunet.metrics import TEST_METRICS, convergence, stability
-from rdiunet.readings import ConfigError, Plan, resolve
+from rdiunet.readings import CURVES, ConfigError, Plan, resolve
 from rdiunet.runfolder import RunFolder, bench_path, read_bench, read_speed, speed_path
 from rdiunet.verdicts import MARGINS
 
@@ -36,6 +36,7 @@ class Study:
     stability_drop: float = paper.STABILITY_DROP
     synthetic: bool = False
     margins: dict = field(default_factory=lambda: dict(MARGINS))
+    config: dict = field(default_factory=dict)  # the configuration the runs must have been trained by
 
     @classmethod
     def from_config(cls, config: dict) -> "Study":
@@ -46,6 +47,7 @@ class Study:
                 stability_drop=config.get("stability_drop", paper.STABILITY_DROP),
                 synthetic=bool(config.get("synthetic", False)),
                 margins={**MARGINS, **(config.get("margins") or {})},
+                config=config,
             )
         except ConfigError as error:
             raise UserError(f"the configuration does not fit together: {error}") from None
@@ -153,6 +155,33 @@ def energy_withheld(gpu: dict) -> str | None:
     return gpu["card_shared"]
 
 
+def expected_run(study: Study, dataset: str, model: str, seed: int) -> dict:
+    """What a run of `study` was trained with, setting by setting, where its configuration says
+    (rdiunet.report.checks.check_study compares each with the run's own record)."""
+    if not study.config:
+        return {}
+    settings, training = study.plan.datasets[dataset], study.config.get("training") or {}
+    expected = {
+        "model": study.plan.base(model),
+        "model_options": study.plan.model_options(model),
+        "seed": seed,
+    }
+    expected |= {key: settings[key] for key in ("epochs", "batch_size") if key in settings}
+    if settings.get("lr", training.get("lr")) is not None:
+        expected["lr"] = settings.get("lr", training.get("lr"))
+    if training.get("precision") not in (None, "auto"):  # auto resolves by the device
+        expected["precision"] = training["precision"]
+    if "size" in settings:
+        expected["image_size"] = [settings["size"], settings["size"]]
+    folds = settings.get("folds")
+    split = {"by": settings.get("split_by"), "seed": settings.get("split_seed")}
+    split |= {} if folds else {"fractions": settings.get("split")}
+    expected["split"] = {key: value for key, value in split.items() if value is not None}
+    expected["fold"] = {"k": folds, "test": seed % folds, "val": (seed + 1) % folds} if folds else None
+    expected["checkpoint_format"] = checkpoints.FORMAT
+    return expected
+
+
 def run_records(dataset: str, model: str, seed: int, metrics: dict) -> list[dict]:
     """One row per kept checkpoint: its test metrics and epoch, and the run's length and energy
     (none where the card was shared: another job's energy would be counted as this run's)."""
@@ -249,7 +278,8 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
             for seed in study.seeds_of(dataset):
                 folder = RunFolder.of(results, dataset, model, seed)
                 try:
-                    metrics, history, per_image, run = check_run(folder, data_sha256)
+                    expected = expected_run(study, dataset, model, seed)
+                    metrics, history, per_image, run = check_run(folder, data_sha256, expected)
                 except Invalid as reason:
                     excluded.append(Excluded(dataset, model, seed, str(reason)))
                     continue
@@ -290,10 +320,10 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
         runs=pd.DataFrame(runs, columns=list(RUN_COLUMNS) if not runs else None),
         histories=pd.concat(histories, ignore_index=True)
         if histories
-        else pd.DataFrame(columns=["dataset", "model", "seed", "epoch", "val_dice"]),
+        else pd.DataFrame(columns=["dataset", "model", "seed", "epoch", *CURVES]),
         per_image=pd.concat(per_images, ignore_index=True)
         if per_images
-        else pd.DataFrame(columns=["dataset", "model", "seed", "id", "dice"]),
+        else pd.DataFrame(columns=["dataset", "model", "seed", "checkpoint", "id", "group", "dice", "fold"]),
         benches=pd.DataFrame(benches, columns=list(BENCH_COLUMNS) if not benches else None),
         speeds=mean_speeds(timing_frame),
         timings=timing_frame,

@@ -6,17 +6,23 @@ import shlex
 import sys
 
 from snakemake.logging import logger
-from snakemake.utils import validate
 
 # The workflow reads a few dependency-free facts from the package (figure kinds, the readings'
 # plan); the checkout is importable whatever environment Snakemake itself runs in.
 sys.path.insert(0, workflow.basedir)
 
+from rdiunet.configuration import check_config
+from rdiunet.errors import UserError
 from rdiunet.nvidia_smi import local_gpu_count
 from rdiunet.readings import WORKFLOW_KEYS, ConfigError, resolve
 
 
-validate(config, "../schemas/config.schema.yaml")
+# Validated against workflow/schemas/config.schema.yaml, defaults filled in, the first problem in
+# one line (snakemake.utils.validate prints the whole schema for an unknown key).
+try:
+    check_config(config)
+except UserError as error:
+    sys.exit(f"Error: {error}")
 try:
     PLAN = resolve(config, WORKFLOW_KEYS)
 except ConfigError as error:
