@@ -81,15 +81,20 @@ def score(model, split: Split, batch_size: int, runtime: Runtime) -> Scores:
     )
 
 
-PER_IMAGE_COLUMNS = ("checkpoint", "id", "group", "dice", "iou", "hd95", "gt_empty", "pred_empty")
+PER_IMAGE_COLUMNS = (
+    "checkpoint", "id", "group", "dice", "iou", "hd95", "gt_empty", "pred_empty", "pred_fraction",
+)  # fmt: skip
 
 
 def write_per_image(folder: RunFolder, scored: dict[str, Scores], groups: tuple[str, ...]) -> None:
-    """One row per test image and checkpoint."""
+    """One row per test image and checkpoint; pred_fraction is the share of the image predicted
+    as foreground (a collapsed model predicts nothing or everything: rdiunet.report.findings)."""
     with atomic_path(folder.per_image) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(PER_IMAGE_COLUMNS)
         for checkpoint, scores in scored.items():
+            counts = scores.counts.double()
+            fractions = ((counts[:, 0] + counts[:, 1]) / counts.sum(1)).numpy()
             rows = zip(
                 scores.ids,
                 groups or scores.ids,
@@ -98,12 +103,13 @@ def write_per_image(folder: RunFolder, scored: dict[str, Scores], groups: tuple[
                 scores.hd95,
                 scores.gt_empty,
                 scores.pred_empty,
+                fractions,
                 strict=True,
             )
-            for image, group, dice, iou, distance, gt_empty, pred_empty in rows:
+            for image, group, dice, iou, distance, gt_empty, pred_empty, fraction in rows:
                 writer.writerow(
                     [checkpoint, image, group, f"{dice:.6f}", f"{iou:.6f}", f"{distance:.4f}"]
-                    + [int(gt_empty), int(pred_empty)]
+                    + [int(gt_empty), int(pred_empty), f"{fraction:.6f}"]
                 )
 
 
@@ -127,10 +133,13 @@ def evaluate_run(
     settings: TrainSettings,
     identity: dict,
     gpu: dict | None = None,
+    diverged: dict | None = None,
 ) -> dict:
     """Score the test split with each kept checkpoint (best validation Dice, best validation loss,
     last epoch; each verified), write per_image.csv and metrics.json (the configured checkpoint's
-    metrics at the top level, all three under "checkpoints", the identity they belong to)."""
+    metrics at the top level, all three under "checkpoints", the identity they belong to). A run
+    whose loss `diverged` in some epoch is tested with the weights of the epochs before it, and
+    says so."""
     test = data.splits["test"].to(runtime.device)
     scored, checkpoints = {}, {}
     for name in CHECKPOINTS:
@@ -147,7 +156,8 @@ def evaluate_run(
         "split": "test",
         "images": len(test),
         **({"fold": data.fold} if data.fold is not None else {}),
-        "epochs": settings.epochs,
+        "epochs": settings.epochs if diverged is None else diverged["epoch"] - 1,
+        **({"epochs_planned": settings.epochs, "diverged": diverged} if diverged else {}),
         "identity": identity,
         "checkpoint_format": FORMAT,
         "checkpoints": checkpoints,
@@ -195,4 +205,5 @@ def evaluate(folder: RunFolder, device: str = "auto") -> dict:
         with training_runtime(settings) as runtime:
             identity = settings.identity(data.sha256, runtime.precision, data.fold)
             model = runtime.prepare_model(build(settings.model, **settings.model_options))
-            return evaluate_run(folder, data, model, runtime, settings, identity)
+            diverged = run.get("diverged") if run.get("status") == "diverged" else None
+            return evaluate_run(folder, data, model, runtime, settings, identity, diverged=diverged)

@@ -106,6 +106,8 @@ def finished(folder: RunFolder, identity: dict, settings: TrainSettings) -> dict
     if not isinstance(metrics, dict) or "identity" not in metrics:
         return None
     checkpoints.check_identity(folder.metrics, metrics, identity, OTHER_RUN)
+    if metrics.get("diverged") and metrics.get("epochs_planned") == epochs:
+        return metrics  # the same settings would diverge again: a finding, not unfinished work
     trained = metrics.get("epochs")
     if isinstance(trained, int) and trained > epochs:
         raise UserError(longer_run(folder, trained, epochs))
@@ -196,6 +198,7 @@ def train_on(
 
     # best: the checkpoint name -> its epoch and validation score (best_dice, best_loss)
     epoch, skip, partial, history, best = 0, 0, dict(FRESH_EPOCH), [], {}
+    diverged = None  # {"epoch", "loss"} where the training loss stopped being finite
     energy_before = 0.0  # GPU energy of the epochs kept from earlier, interrupted processes
     if folder.checkpoint.exists():
         fix = f"it holds the state needed to go on training; {OTHER_RUN}"
@@ -286,11 +289,15 @@ def train_on(
                     raise Preempted(f"SIGTERM: checkpoint saved at epoch {epoch + 1}, batch {batch}")
             train_loss = float(loss_sum) / seen
             if not math.isfinite(train_loss):
-                write_json(folder.run_info, {**run_info, "status": "failed", "stopped": now()})
-                raise UserError(
-                    f"the training loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint "
-                    f"(epoch {epoch}) is kept in {folder.checkpoint}; try a lower --lr or --precision fp32"
-                )
+                diverged = {"epoch": epoch + 1, "loss": str(train_loss)}
+                if epoch == 0:  # no epoch finished: nothing to test
+                    stopped = {"status": "diverged", "diverged": diverged, "stopped": now()}
+                    write_json(folder.run_info, {**run_info, **stopped})
+                    raise UserError(
+                        f"the training loss became {train_loss} in epoch 1, before any epoch finished: no "
+                        "weights were kept to test; try a lower --lr or --precision fp32"
+                    )
+                break
             val = run_split(model, val_split, settings.batch_size, runtime)
             epoch += 1
             row = {
@@ -327,8 +334,9 @@ def train_on(
         # Energy of the whole training: this process's window plus the kept epochs of earlier ones.
         gpu["energy_j_total"] = energy_before + (gpu["energy_j"] or 0.0)
         gpu["torch_peak_memory_mib"] = torch.cuda.max_memory_allocated(runtime.device) / 2**20
-    metrics = evaluate_run(folder, data, raw_model, runtime, settings, identity, gpu=gpu)
-    write_json(folder.run_info, {**run_info, "status": "complete", "finished": now()})
+    metrics = evaluate_run(folder, data, raw_model, runtime, settings, identity, gpu=gpu, diverged=diverged)
+    status = {"status": "diverged", "diverged": diverged} if diverged else {"status": "complete"}
+    write_json(folder.run_info, {**run_info, **status, "finished": now()})
     return metrics
 
 
@@ -341,3 +349,11 @@ def train_command(settings: TrainSettings, out: Path, command: list[str]) -> Non
         sys.exit(PREEMPTED_EXIT)
     dice, iou, best = metrics["dice"], metrics["iou"], metrics["best_epoch"]
     print(f"{out}: test dice {dice:.4f}, iou {iou:.4f} (best epoch {best})")
+    if metrics.get("diverged"):
+        diverged = metrics["diverged"]
+        print(
+            f"rdiunet: warning: the training loss became {diverged['loss']} in epoch {diverged['epoch']}; "
+            f"the run stopped there and was tested with the weights of epochs 1-{diverged['epoch'] - 1} "
+            "(the report flags it as diverged; a lower --lr or --precision fp32 may avoid it)",
+            file=sys.stderr,
+        )

@@ -667,3 +667,68 @@ def test_values_out_of_their_range_exclude_the_run(tmp_path, name, change, says)
 
     excluded = collect(tmp_path / "results", Study.from_config(CONFIG)).excluded
     assert [e.label for e in excluded] == ["jsrt/rdiunet/seed0"] and says in excluded[0].reason
+
+
+# --- collapsed and diverged runs are findings ----------------------------------------------------
+
+
+def collapse(root: Path, run: str) -> None:
+    """A run whose model predicts nothing: every test image empty, Dice 0, as a collapsed model's."""
+    folder = root / "results" / run
+    per_image = pd.read_csv(folder / "per_image.csv").assign(
+        dice=0.0, gt_empty=0, pred_empty=1, pred_fraction=0.0
+    )
+    per_image.to_csv(folder / "per_image.csv", index=False)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for scores in (metrics, *metrics["checkpoints"].values()):
+        scores.update(dice=0.0, iou=0.0, dice_dataset=0.0, iou_dataset=0.0)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.mark.parametrize("policy", ["keep", "exclude"])
+def test_a_collapsed_run_is_a_finding_kept_and_flagged_or_excluded_by_the_config(tmp_path, policy):
+    from handmade import CONFIG, write_tree
+
+    write_tree(tmp_path)
+    collapse(tmp_path, "isic/rdiunet/seed1")
+    result = run_cli(
+        "report", "--results", tmp_path / "results", "--data", tmp_path / "none",
+        "--figures", tmp_path / "none", "--timing", tmp_path / "none",
+        "--config-json", json.dumps({**CONFIG, "failed_runs": policy}),
+        "--out", tmp_path / "report.html",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    claims = pd.read_csv(tmp_path / "claims.csv")
+    evidence = claims[
+        (claims.reading == "headline") & (claims.claim == "accuracy") & (claims.dataset == "isic")
+    ]
+    page = (tmp_path / "report.html").read_text()
+    finding = "collapsed: empty predictions on 100% of the test images with an object"
+    if policy == "keep":
+        assert f"seed 1 of rdiunet {finding}" in evidence.evidence.iloc[0]
+        assert "without them: " in evidence.evidence.iloc[0]
+        assert f"seed 1 {finding}" in page  # Table 1's flagged runs
+    else:
+        assert f"isic/rdiunet/seed1</code>: {finding} (failed_runs: exclude)" in page
+        assert "flagged runs kept" not in evidence.evidence.iloc[0]
+
+
+def test_a_run_that_diverged_before_its_first_epoch_is_named_so(tmp_path):
+    from handmade import CONFIG, write_tree
+
+    write_tree(tmp_path)
+    folder = tmp_path / "results" / "jsrt" / "unet" / "seed0"
+    (folder / "metrics.json").unlink()
+    edit_run(
+        tmp_path,
+        "jsrt/unet/seed0",
+        "run.json",
+        lambda r: r.update(status="diverged", diverged={"epoch": 1, "loss": "nan"}),
+    )
+    from rdiunet.report.collect import Study, collect
+
+    (excluded,) = collect(tmp_path / "results", Study.from_config(CONFIG)).excluded
+    assert (
+        excluded.reason
+        == "diverged: the training loss became nan in epoch 1, before any epoch finished; no weights to test"
+    )

@@ -126,7 +126,7 @@ def test_a_table_column_is_one_line(tmp_path):
     assert header[-1] == "test loss" and rows[0][-1] == "0.10 ± 0.00"
     assert columns.rendered(extended, frame.to_dict("records"))["header"][-1]["value"] == "test loss"
     csv_columns = list(tables.csv_frame(frame, extended).columns)
-    shown = csv_columns.index("energy_j_sd") + 1  # the CSV shows the columns' fields first, in order
+    shown = csv_columns.index("flagged") + 1  # the CSV shows the columns' fields first, in order
     assert csv_columns[shown : shown + 2] == ["test_loss_mean", "test_loss_sd"]
 
 

@@ -171,21 +171,38 @@ def test_checkpoint_of_another_configuration_is_refused(jsrt64, trained, tmp_pat
         )
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(jsrt64, tmp_path, monkeypatch):
+def poison_batch(monkeypatch, batch: int) -> None:
+    """The training loss of the `batch`-th training batch (counted from 1) becomes NaN."""
     calls = {"n": 0}
     real_bce = torch.nn.functional.binary_cross_entropy_with_logits
 
     def poisoned(logits, target, **kwargs):
         calls["n"] += 1
         loss = real_bce(logits, target, **kwargs)
-        # 6 training batches per epoch: poison one batch of the second epoch.
-        return loss * float("nan") if 8 <= calls["n"] <= 8 else loss
+        return loss * float("nan") if calls["n"] == batch else loss
 
     monkeypatch.setattr(train_module, "F", SimpleNamespace(binary_cross_entropy_with_logits=poisoned))
-    with pytest.raises(UserError, match="loss became nan in epoch 2.*epoch 1"):
+
+
+def test_a_loss_that_diverges_ends_the_run_tested_with_the_epochs_before(jsrt64, tmp_path, monkeypatch):
+    poison_batch(monkeypatch, 8)  # 6 training batches per epoch: one batch of the second epoch
+    metrics = train(tiny_settings(jsrt64, epochs=3), tmp_path)
+    assert metrics["diverged"] == {"epoch": 2, "loss": "nan"}
+    assert metrics["epochs"] == 1 and metrics["epochs_planned"] == 3
+    assert {scores["epoch"] for scores in metrics["checkpoints"].values()} == {1}
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "diverged" and run["diverged"] == metrics["diverged"]
+    assert len(history(tmp_path)) == 1
+    # The same settings would diverge again: a rerun does nothing.
+    assert train(tiny_settings(jsrt64, epochs=3), tmp_path) == metrics
+
+
+def test_a_loss_that_diverges_in_the_first_epoch_says_nothing_was_kept(jsrt64, tmp_path, monkeypatch):
+    poison_batch(monkeypatch, 2)
+    with pytest.raises(UserError, match="nan in epoch 1, before any epoch finished: no weights were kept"):
         train(tiny_settings(jsrt64, epochs=3), tmp_path)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 1 and len(state["history"]) == 1
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "diverged" and not (tmp_path / "metrics.json").exists()
 
 
 def test_empty_split_is_refused(tmp_path):

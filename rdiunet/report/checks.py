@@ -150,11 +150,28 @@ def check_study(run: dict, metrics: dict, expected: dict) -> None:
         raise Invalid(f"trained otherwise than this study asks: {'; '.join(differ)}")
 
 
+def diverged_early(folder: RunFolder) -> None:
+    """A run whose loss became NaN before its first epoch ended has nothing to test: say so."""
+    if folder.metrics.exists() or not folder.run_info.exists():
+        return
+    try:
+        run = folder.read_run()
+    except UserError:
+        return
+    diverged = run.get("diverged") if isinstance(run, dict) and run.get("status") == "diverged" else None
+    if isinstance(diverged, dict):
+        raise Invalid(
+            f"diverged: the training loss became {diverged.get('loss')} in epoch {diverged.get('epoch')}, "
+            "before any epoch finished; no weights to test"
+        )
+
+
 def check_run(folder: RunFolder, data_sha256: str | None, expected: dict | None = None):
     """(metrics, history, per_image, run.json) of a run whose files agree, trained as `expected`
     says (rdiunet.report.collect.expected_run); else Invalid."""
     if not folder.path.exists():
         raise Invalid("missing: the run folder does not exist")
+    diverged_early(folder)
     try:
         metrics, run = folder.read_metrics(), folder.read_run()
         history, per_image = folder.read_history(), folder.read_per_image()
@@ -163,7 +180,8 @@ def check_run(folder: RunFolder, data_sha256: str | None, expected: dict | None 
     check_metrics(metrics)
     check_history(history, metrics["epochs"])
     check_per_image(per_image, metrics)
-    if not isinstance(run, dict) or run.get("status") != "complete":
+    finished = "complete" if not metrics.get("diverged") else "diverged"  # a diverged run is a finding
+    if not isinstance(run, dict) or run.get("status") != finished:
         status = run.get("status") if isinstance(run, dict) else None
         raise Invalid(f"run.json says the run is {status or 'in an unknown state'}, not complete")
     if data_sha256 is not None and run.get("data_sha256") != data_sha256:

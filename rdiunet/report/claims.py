@@ -20,6 +20,7 @@ from rdiunet.readings import Reading
 from rdiunet.verdicts import ALPHA, INCONCLUSIVE, NOT_MEASURED, Judgement
 
 from .collect import Collection, Study, curve_table
+from .findings import flagged_in, without_flagged
 
 SPEED_GAIN = 0.20  # "20-30% faster": at least 20%
 FEWER_PARAMETERS = 0.60  # "62% fewer": the paper's 15.6M -> 5.9M, rounded down
@@ -147,7 +148,30 @@ def accuracy_scores(per_image: pd.DataFrame, dataset: str, models: tuple[str, st
     return table
 
 
-def accuracy(study: Study, dataset: str, per_image: pd.DataFrame, proposed: str, baseline: str, reading: str):
+def with_flagged(verdict: Verdict, judge, table: pd.DataFrame, flagged) -> Verdict:
+    """A verdict over runs that include collapsed or diverged ones (rdiunet.report.findings), its
+    evidence naming them and saying how the verdict reads without them."""
+    if not flagged or verdict.judgement is None:
+        return verdict
+    names = "; ".join(f"seed {seed} of {model} {finding}" for model, seed, finding in flagged)
+    try:
+        without = judge(without_flagged(table, flagged))
+        other = f"{without.verdict} (effect {without.effect:+.4g})"
+    except UserError as error:
+        other = f"no verdict ({error})"
+    note = f"; flagged runs kept (failed_runs: keep): {names}; without them: {other}"
+    return replace(verdict, evidence=verdict.evidence + note)
+
+
+def accuracy(
+    study: Study,
+    dataset: str,
+    per_image: pd.DataFrame,
+    proposed: str,
+    baseline: str,
+    reading: str,
+    findings: dict | None = None,
+):
     scores = accuracy_scores(per_image, dataset, (proposed, baseline))
     missing = [m for m in (proposed, baseline) if not (scores.model == m).any()]
     if missing:
@@ -158,17 +182,17 @@ def accuracy(study: Study, dataset: str, per_image: pd.DataFrame, proposed: str,
             INCONCLUSIVE,
             f"no valid run of {missing[0]} on {dataset} (see the runs left out)",
         )
+
+    def judge(table: pd.DataFrame):
+        margin, claimed = study.margins["accuracy"], paper_gain(study, dataset, proposed, baseline)
+        return verdicts.judge_accuracy(table, proposed, baseline, margin=margin, claimed=claimed)
+
     try:
-        judged = verdicts.judge_accuracy(
-            scores,
-            proposed,
-            baseline,
-            margin=study.margins["accuracy"],
-            claimed=paper_gain(study, dataset, proposed, baseline),
-        )
+        judged = judge(scores)
     except UserError as error:
         return no_judgement("accuracy", dataset, reading, INCONCLUSIVE, str(error))
-    return from_judgement(judged, dataset, reading)
+    flagged = flagged_in(findings or {}, dataset, (proposed, baseline))
+    return with_flagged(from_judgement(judged, dataset, reading), judge, scores, flagged)
 
 
 def curve_tables(
@@ -186,7 +210,13 @@ def curve_tables(
 
 
 def training_curves(
-    claim: str, study: Study, dataset: str, curves: pd.DataFrame, pair: tuple[str, str], reading: str
+    claim: str,
+    study: Study,
+    dataset: str,
+    curves: pd.DataFrame,
+    pair: tuple[str, str],
+    reading: str,
+    findings: dict | None = None,
 ) -> Verdict:
     drops, reached = curve_tables(curves, dataset, pair)
     missing = [m for m in pair if not (drops.model == m).any()]
@@ -199,12 +229,19 @@ def training_curves(
             f"no valid run of {missing[0]} on {dataset} (see the runs left out)",
         )
     if claim == "stability":
-        judged = verdicts.judge_stability(drops, *pair, margin=study.margins["stability"])
+        table = drops
+
+        def judge(runs):
+            return verdicts.judge_stability(runs, *pair, margin=study.margins["stability"])
     else:
-        judged = verdicts.judge_convergence(
-            reached, *pair, claimed_ratio=paper_convergence_ratio(study, dataset, *pair)
-        )
-    return from_judgement(judged, dataset, reading)
+        table = reached
+
+        def judge(runs):
+            ratio = paper_convergence_ratio(study, dataset, *pair)
+            return verdicts.judge_convergence(runs, *pair, claimed_ratio=ratio)
+
+    flagged = flagged_in(findings or {}, dataset, pair)
+    return with_flagged(from_judgement(judge(table), dataset, reading), judge, table, flagged)
 
 
 def speed(
@@ -272,12 +309,14 @@ def judge(collection: Collection, study: Study, reading: Reading) -> list[Verdic
     found = []
     for dataset in reading.datasets:
         if can_change(reading, "accuracy", dataset):
-            found.append(accuracy(study, dataset, per_image, *pair, reading.name))
+            found.append(accuracy(study, dataset, per_image, *pair, reading.name, collection.findings))
         if can_change(reading, "speed", dataset):
             found.append(speed(collection, dataset, pair, reading.precision, reading.protocol, reading.name))
         for claim in ("stability", "convergence"):
             if can_change(reading, claim, dataset):
-                found.append(training_curves(claim, study, dataset, curves, pair, reading.name))
+                found.append(
+                    training_curves(claim, study, dataset, curves, pair, reading.name, collection.findings)
+                )
     if can_change(reading, "parameters"):
         found.append(parameters(collection, pair, reading.name))
     return found

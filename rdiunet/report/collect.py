@@ -19,6 +19,7 @@ from rdiunet.runfolder import RunFolder, bench_path, read_bench, read_speed, spe
 from rdiunet.verdicts import MARGINS
 
 from .checks import Invalid, check_run, prepared_sha256
+from .findings import run_finding
 
 RUN_COLUMNS = ("dataset", "model", "seed", "checkpoint", *TEST_METRICS, "best_epoch", "epochs", "energy_j")
 BENCH_COLUMNS = ("dataset", "model", "params", "gflops", "size", "throughput", "throughput_batch", "device")
@@ -37,6 +38,7 @@ class Study:
     synthetic: bool = False
     margins: dict = field(default_factory=lambda: dict(MARGINS))
     config: dict = field(default_factory=dict)  # the configuration the runs must have been trained by
+    failed_runs: str = "keep"  # collapsed and diverged runs: keep them flagged, or leave them out
 
     @classmethod
     def from_config(cls, config: dict) -> "Study":
@@ -48,6 +50,7 @@ class Study:
                 synthetic=bool(config.get("synthetic", False)),
                 margins={**MARGINS, **(config.get("margins") or {})},
                 config=config,
+                failed_runs=config.get("failed_runs", "keep"),
             )
         except ConfigError as error:
             raise UserError(f"the configuration does not fit together: {error}") from None
@@ -132,6 +135,7 @@ class Collection:
     synthetic_runs: list[str] = field(default_factory=list)  # runs whose data was synthetic
     unchecked_data: list[str] = field(default_factory=list)  # datasets without a summary to check
     shared_energy: list[str] = field(default_factory=list)  # runs whose energy is not shown, and why
+    findings: dict = field(default_factory=dict)  # (dataset, model, seed) -> how a kept run failed
 
     def synthetic(self, study: Study) -> bool:
         """Whether any number here comes from synthetic data, whatever the configuration says."""
@@ -268,7 +272,7 @@ def curve_table(histories: pd.DataFrame, study: "Study", curve: str) -> pd.DataF
 def collect(results: Path, study: Study, data: Path | None = None) -> Collection:
     """Every run and benchmark of `study` in `results`, checked; `data` is the folder of the
     prepared data, whose checksums the runs must match (not checked where it is None)."""
-    runs, histories, per_images, benches, timings, devices = [], [], [], [], [], {}
+    runs, histories, per_images, benches, timings, devices, findings = [], [], [], [], [], {}, {}
     excluded, synthetic, unchecked, shared = [], [], [], []
     for dataset in study.datasets:
         data_sha256 = prepared_sha256(data, dataset)
@@ -283,6 +287,12 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
                 except Invalid as reason:
                     excluded.append(Excluded(dataset, model, seed, str(reason)))
                     continue
+                finding = run_finding(metrics, per_image, study.checkpoint)
+                if finding and study.failed_runs == "exclude":
+                    excluded.append(Excluded(dataset, model, seed, f"{finding} (failed_runs: exclude)"))
+                    continue
+                if finding:
+                    findings[(dataset, model, seed)] = finding
                 runs += run_records(dataset, model, seed, metrics)
                 labels = {"dataset": dataset, "model": model, "seed": seed}
                 histories.append(history.assign(**labels))
@@ -332,4 +342,5 @@ def collect(results: Path, study: Study, data: Path | None = None) -> Collection
         synthetic_runs=synthetic,
         unchecked_data=unchecked,
         shared_energy=shared,
+        findings=findings,
     )

@@ -112,6 +112,7 @@ TABLE1 = (
     Column("params", "params", millions(2), Paper("params", millions(1))),
     Column("gflops", "GFLOPs", fixed(2)),
     Column("energy_j", "energy/run (J)", mean_sd(0)),
+    Column("flagged", "flagged runs (kept)", text=True),
 )
 
 TABLE2 = (

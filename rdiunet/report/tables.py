@@ -19,6 +19,7 @@ from . import paper_check
 from .claims import accuracy
 from .collect import BENCH_COLUMNS, SHARED_ENERGY, Collection, Study, collect, curve_table
 from .columns import TABLE1, TABLE2, fields, missing, rendered
+from .findings import flagged_in
 
 # Per-run quantities Table 1 averages over seeds: every test metric, and training energy.
 AVERAGED = (*TEST_METRICS, "energy_j")
@@ -70,6 +71,8 @@ def table1(collection: Collection, study: Study) -> pd.DataFrame:
                 row[key] = bench.iloc[0][key] if len(bench) else math.nan
             row["ms_per_image"] = headline_ms(collection, study, dataset, model)
             row["vs_baseline"] = against_baseline(collection, study, dataset, model)
+            flagged = flagged_in(collection.findings, dataset, (model,))
+            row["flagged"] = "; ".join(f"seed {seed} {finding}" for _, seed, finding in flagged) or "–"
             source, base = study.plan.source(dataset), study.plan.base(model)
             add_paper(row, TABLE1, paper.table1(source, base))
             row["paper_consistent"] = paper_check.consistent(source, base)
@@ -97,7 +100,7 @@ def against_baseline(collection: Collection, study: Study, dataset: str, model: 
     if model == baseline:
         return "(baseline)"
     per_image = collection.per_image[collection.per_image.checkpoint == study.checkpoint]
-    verdict = accuracy(study, dataset, per_image, model, baseline, "table1")
+    verdict = accuracy(study, dataset, per_image, model, baseline, "table1", collection.findings)
     j = verdict.judgement
     if j is None:
         return verdict.verdict
