@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rdiunet.fileio import write_json
 from rdiunet.gpu import driver_version
-from rdiunet.models import build
+from rdiunet.models import build, check_fits
 from rdiunet.provenance import environment, now
 from rdiunet.runtime import Runtime, make_runtime, set_precision
 from rdiunet.settings import BenchSettings
@@ -138,6 +138,7 @@ def bench(settings: BenchSettings) -> dict:
     """Benchmark one model as `settings` say; the report holds everything needed to read the numbers.
     The card is held for the benchmark alone while it runs, and let go when it ends (or fails)."""
     settings.check()
+    check_fits(settings.model, settings.size, settings.model_options)
     runtime = make_runtime(
         settings.device,
         precision=settings.precision,

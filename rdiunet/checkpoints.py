@@ -7,6 +7,7 @@ in the weights, or a checkpoint of another run is one error line, never a silent
 """
 
 import hashlib
+import io
 from pathlib import Path
 
 import torch
@@ -30,8 +31,12 @@ def weights_sha256(state_dict: dict) -> str:
 def save(path: Path, payload: dict) -> str:
     """Write `payload` (with its "model" state dict) atomically; return the weights' sha256."""
     digest = weights_sha256(payload["model"])
-    with atomic_path(path) as tmp:
-        torch.save({**payload, "format": FORMAT, "weights_sha256": digest}, tmp)
+    # Serialised in memory and written by Python: a full disk is an OSError naming the file (torch's
+    # own writer reports it as a RuntimeError without the cause), and the temporary file goes.
+    buffer = io.BytesIO()
+    torch.save({**payload, "format": FORMAT, "weights_sha256": digest}, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
     return digest
 
 

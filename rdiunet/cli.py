@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from rdiunet.data import sources
-from rdiunet.errors import UserError
+from rdiunet.errors import UserError, file_fault
 from rdiunet.readings import CHECKPOINTS, PROTOCOLS
 from rdiunet.settings import PRECISION_CHOICES, BenchSettings, TrainSettings
 
@@ -469,7 +469,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.handler(args)
+        try:
+            args.handler(args)
+        except OSError as error:
+            raise file_fault(error) or error from None
     except UserError as error:
         # One line, whatever a library put into the message it wraps.
         print(f"rdiunet: error: {' '.join(str(error).split())}", file=sys.stderr)

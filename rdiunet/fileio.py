@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -57,6 +59,10 @@ def _temporary(target: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+    except OSError as error:
+        if error.filename is None:  # a failed write names no file: name the one being written
+            error.filename = str(target)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -72,6 +78,12 @@ def remove_leftovers(target: Path, staging: Path | None = None) -> list[Path]:
         shutil.rmtree(staging)
         removed.append(staging)
     return removed
+
+
+def holder_line() -> str:
+    """Who holds a lock: the process, its host and its rdiunet command (cut to a line)."""
+    command = " ".join(["rdiunet", *sys.argv[1:]])
+    return f"{os.getpid()} on {socket.gethostname()}: {command}"[:300]
 
 
 @contextlib.contextmanager
@@ -91,9 +103,9 @@ def exclusive_lock(path: Path, busy: str):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            holder = " ".join(os.pread(fd, 400, 0).decode(errors="replace").split())
             os.close(fd)
-            raise UserError(busy + (f" (process {holder})" if holder else "")) from None
+            raise UserError(busy + (f" (held by process {holder})" if holder else "")) from None
         try:
             current = os.stat(path, follow_symlinks=False).st_ino
         except FileNotFoundError:
@@ -103,7 +115,7 @@ def exclusive_lock(path: Path, busy: str):
         os.close(fd)  # the holder before us removed this file: lock the new one
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{holder_line()}\n".encode(), 0)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -20,6 +20,7 @@ durations): each is the wall-clock time of the window's start plus the monotonic
 """
 
 import csv
+import io
 import itertools
 import threading
 import time
@@ -200,6 +201,7 @@ class GpuSampler:
         self.energy_start = self.energy_end = None
         self.cpu_seconds = 0.0
         self.processes_start = self.processes_end = None
+        self.write_error = None  # why gpu.csv stopped growing, where the disk refused
         self.scope = None
         self._clock = (time.time(), time.monotonic())  # the window's wall-clock and monotonic origin
         self._stop = threading.Event()
@@ -255,17 +257,25 @@ class GpuSampler:
         self.cpu_seconds = time.thread_time() - start
 
     def _flush(self) -> None:
-        """Append the rows not yet written (the header only once)."""
-        if self.csv_path is None:
+        """Append the rows not yet written (the header only once), as one write of whole lines, so
+        that a killed job leaves at most a cut last line. Where the disk refuses (full, read-only),
+        the samples stay in memory for the summary, the CSV stops growing and the summary says so:
+        the training goes on."""
+        if self.csv_path is None or self.write_error:
             return
-        new = not self.csv_path.exists()
         rows = self.samples[self._written :]
-        with open(self.csv_path, "a", newline="") as handle:
-            writer = csv.writer(handle)
-            if new:
-                writer.writerow(SAMPLE_COLUMNS)
-            for row in rows:
-                writer.writerow(["" if v is None else round(v, 3) for v in row])
+        lines = io.StringIO()
+        writer = csv.writer(lines)
+        if self._written == 0 and (not self.csv_path.exists() or self.csv_path.stat().st_size == 0):
+            writer.writerow(SAMPLE_COLUMNS)
+        for row in rows:
+            writer.writerow(["" if v is None else round(v, 3) for v in row])
+        try:
+            with open(self.csv_path, "a", newline="") as handle:
+                handle.write(lines.getvalue())
+        except OSError as error:
+            self.write_error = f"{self.csv_path}: {error.strerror}; samples after {self._written} not written"
+            return
         self._written += len(rows)
 
     def __enter__(self) -> "GpuSampler":
@@ -323,6 +333,7 @@ class GpuSampler:
         if not self.available:
             return {"available": False, "reason": self.reason}
         samples = list(self.samples)
+        written = {"samples_not_written": self.write_error} if self.write_error else {}
         powers = [s[1] for s in samples if s[1] is not None]
         memory = [s[3] for s in samples if s[3] is not None]
         utilization = [s[2] for s in samples if s[2] is not None]
@@ -345,6 +356,7 @@ class GpuSampler:
             "max_power_w": max(powers, default=None),
             "peak_memory_used_mib": max(memory, default=None),
             "mean_utilization_pct": sum(utilization) / len(utilization) if utilization else None,
+            **written,
             "sampler_cpu_s": self.cpu_seconds,
             "sampler_cpu_share": self.cpu_seconds / seconds if seconds > 0 else None,
         }

@@ -126,10 +126,18 @@ class RunFolder:
         return read_csv(self.per_image)
 
     def read_gpu_samples(self):
-        """NVML samples as a frame; empty where the run used no GPU or wrote no samples."""
+        """NVML samples as a frame; empty where the run used no GPU or wrote no samples, and where
+        the file is empty or cut (a kill, a full disk): samples are a figure, never a reason to stop
+        a report. A cut last line is dropped."""
         import pandas as pd
 
-        return read_csv(self.gpu) if self.gpu.exists() else pd.DataFrame()
+        try:
+            frame = pd.read_csv(self.gpu, on_bad_lines="skip")
+        except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+            return pd.DataFrame()
+        if "time" not in frame.columns:
+            return pd.DataFrame()
+        return frame.dropna(subset=["time"])
 
     def read_metrics(self) -> dict:
         return read_json(self.metrics, RERUN)

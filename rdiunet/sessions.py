@@ -21,7 +21,7 @@ import torch
 from rdiunet.bench import count_parameters, run_protocol
 from rdiunet.fileio import write_json
 from rdiunet.gpu import driver_version
-from rdiunet.models import build
+from rdiunet.models import build, check_fits
 from rdiunet.provenance import environment, now
 from rdiunet.readings import PROTOCOLS
 from rdiunet.runtime import Runtime, make_runtime, set_precision
@@ -76,6 +76,8 @@ def compare_speed(models: dict[str, dict], settings: BenchSettings) -> dict:
     """Time `models` (label -> {"model": registered name, **options}) in interleaved sessions with
     the bench `settings` (their model fields are ignored); the card is held for the comparison alone."""
     settings.check()
+    for label, entry in models.items():
+        check_fits(entry.get("model", label), settings.size, {k: v for k, v in entry.items() if k != "model"})
     with make_runtime(
         settings.device,
         precision=settings.precision,

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from rdiunet import checkpoints
-from rdiunet.data.dataset import Prepared, Split, batches, open_prepared
+from rdiunet.data.dataset import Prepared, Split, batches, open_prepared, read_summary
 from rdiunet.errors import UserError
 from rdiunet.evaluation import evaluate_run, run_split, with_headline
 from rdiunet.fileio import atomic_path, write_json
 from rdiunet.metrics import dice_from_counts, iou_from_counts, soft_dice
-from rdiunet.models import build
+from rdiunet.models import build, check_fits
 from rdiunet.nvml import GpuSampler
 from rdiunet.provenance import environment, now
 from rdiunet.runfolder import RunFolder
@@ -157,6 +157,11 @@ class StopFlag:
 def train(settings: TrainSettings, out: Path, command: list[str] | None = None) -> dict:
     """Train (or resume, or do nothing if finished) and evaluate; return the test metrics."""
     settings.check()
+    # The model and the image size, checked together before the run folder is made.
+    if not Path(settings.data).exists():
+        raise UserError(f"prepared dataset {settings.data} does not exist; run rdiunet prepare first")
+    size = read_summary(Path(settings.data))["image_size"][0]
+    check_fits(settings.model, size, settings.model_options)
     folder = RunFolder(Path(out))
     with folder.locked():
         folder.remove_leftovers()

@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -133,7 +134,9 @@ def test_a_second_training_of_the_same_folder_stops_in_one_line(jsrt32, tmp_path
             assert first.poll() is None and time.monotonic() < deadline, "the first training did not start"
             time.sleep(0.05)
         second = run_cli(*cli_train(jsrt32, tmp_path / "run", 200)[3:], process=True)
-        assert_one_line_error(second, "another rdiunet job is writing", str(tmp_path / "run"))
+        # The lock names who holds it: the process, its host and its command.
+        holder = f"(held by process {first.pid} on {socket.gethostname()}: rdiunet train --data"
+        assert_one_line_error(second, "another rdiunet job is writing", str(tmp_path / "run"), holder)
         assert first.poll() is None  # the first one goes on
     finally:
         first.send_signal(signal.SIGKILL)

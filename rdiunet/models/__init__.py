@@ -2,6 +2,6 @@
 
 # Importing the model modules registers them.
 from . import rdiunet, unet  # noqa: F401
-from .registry import build, names
+from .registry import build, check_fits, names
 
-__all__ = ["build", "names"]
+__all__ = ["build", "check_fits", "names"]

@@ -4,6 +4,7 @@ import inspect
 import math
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from rdiunet.errors import UserError
@@ -68,3 +69,20 @@ def build(name: str, in_channels: int = 1, **overrides) -> nn.Module:
         return builder(in_channels=in_channels, **overrides)
     except (ValueError, RuntimeError) as error:  # the model's own checks, or torch's on its layers
         raise UserError(f"invalid options for model '{name}' {overrides}: {error}") from None
+
+
+def check_fits(name: str, size: int, options: dict | None = None, in_channels: int = 1) -> None:
+    """Refuse, before any file is written, a model that cannot take `size` x `size` images (one
+    pooled more often than the side allows): a forward pass on the meta device, shapes only."""
+    with torch.device("meta"):
+        model = build(name, in_channels=in_channels, **(options or {})).eval()
+        image = torch.empty(1, in_channels, size, size)
+    try:
+        with torch.no_grad():
+            model(image)
+    except (ValueError, RuntimeError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"model '{name}' {options or {}} cannot take {size}x{size} images ({reason}); prepare the data "
+            "at another --size, or give the model fewer levels (a shorter widths list)"
+        ) from None
