@@ -41,12 +41,14 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 # Everything but the tests marked slow (the demo DAG, Slurm, Chromium, kill-and-resume, Snakemake
 # itself): under 2 minutes on two cores.
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -m "not slow"
 
 # The whole DAG on synthetic stand-ins, CPU-sized; outputs in demo/ (report: demo/reports/).

@@ -45,11 +45,17 @@ def count_flops(model: nn.Module, size: int, in_channels: int = 1) -> int:
 
 
 def model_costs(sizes: tuple[int, ...] = (128, 256)) -> list[dict]:
-    """Parameters and GFLOPs of every registered model in its default configuration (`rdiunet info`)."""
-    from rdiunet.models import names
+    """Parameters and GFLOPs of every registered model in its default configuration (`rdiunet
+    info`); a model whose optional package is missing says what to install instead."""
+    from rdiunet.models import missing_packages, names
+    from rdiunet.models.registry import install_hint
 
     rows = []
     for name in names():
+        missing = missing_packages(name)
+        if missing:
+            rows.append({"name": name, "needs": ", ".join(missing), "install": install_hint(missing)})
+            continue
         model = build(name)
         row = {"name": name, "params": count_parameters(model)}
         row.update({f"gflops_{size}": count_flops(model, size) / 1e9 for size in sizes})

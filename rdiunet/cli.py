@@ -59,9 +59,12 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'model':<10} {'params':>12} {'GFLOPs@128':>11} {'GFLOPs@256':>11}")
+    print(f"{'model':<18} {'params':>12} {'GFLOPs@128':>11} {'GFLOPs@256':>11}")
     for row in rows:
-        print(f"{row['name']:<10} {row['params']:>12,} {row['gflops_128']:>11.2f} {row['gflops_256']:>11.2f}")
+        if "needs" in row:
+            print(f"{row['name']:<18} needs {row['needs']}: {row['install']}")
+            continue
+        print(f"{row['name']:<18} {row['params']:>12,} {row['gflops_128']:>11.2f} {row['gflops_256']:>11.2f}")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -81,11 +84,21 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    from rdiunet.data.folder import FOLDER, FolderSpec
     from rdiunet.data.prepare import parse_fractions, prepare_command
 
+    folder = None
+    if args.dataset == FOLDER:
+        if not (args.images and args.masks):
+            raise UserError("--dataset folder needs --images GLOB and --masks PATTERN (docs/custom.md)")
+        folder = FolderSpec(args.images, args.masks, args.subject)
+    elif args.raw is None or args.images or args.masks or args.subject:
+        raise UserError(
+            f"--dataset {args.dataset} reads --raw FOLDER; --images, --masks and --subject are for folder"
+        )
     prepare_command(
         args.dataset,
-        Path(args.raw),
+        Path(args.raw or "."),
         Path(args.out),
         size=args.size,
         fractions=parse_fractions(args.split),
@@ -94,6 +107,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         workers=args.workers,
         split_by=args.split_by,
         folds=args.folds,
+        folder=folder,
     )
 
 
@@ -275,8 +289,17 @@ def add_synth_parser(verbs) -> None:
 
 def add_prepare_parser(verbs) -> None:
     prepare = verbs.add_parser("prepare", help="raw archives -> images/masks/splits in one .npz")
-    prepare.add_argument("--dataset", required=True, choices=sources.names())
-    prepare.add_argument("--raw", required=True, help="folder holding the downloaded or synthetic archives")
+    prepare.add_argument("--dataset", required=True, choices=[*sources.names(), "folder"])
+    prepare.add_argument(
+        "--raw", default=None, help="folder holding the downloaded or synthetic archives (not for folder)"
+    )
+    prepare.add_argument("--images", default=None, help="folder: the images, a glob like /data/mine/*.png")
+    prepare.add_argument(
+        "--masks", default=None, help="folder: each image's mask, with {name} or {stem}: /data/masks/{name}"
+    )
+    prepare.add_argument(
+        "--subject", default=None, help="folder: a regex whose first group in a file name is its subject"
+    )
     prepare.add_argument("--out", required=True, help="output .npz; a .json summary is written beside it")
     prepare.add_argument(
         "--size", type=int, default=None, help="side in pixels (default: the paper's, per dataset)"

@@ -67,6 +67,8 @@ def describe(error, validator) -> str:
             "pattern": f"is not {error.schema.get('description', 'a valid value here')}",
         }[error.validator]
         return f"{at}: {shortened(error.instance)} {expected}"
+    if error.validator == "not" and "description" in error.schema:
+        return f"{at}: {error.schema['description']}"
     message = " ".join(error.message.split())
     if len(message) <= 120:
         return f"{at}: {message}"

@@ -33,6 +33,7 @@ STABILITY_DROP = 0.05
 
 HARDWARE = "NVIDIA A100-SXM-40GB"
 BASELINE, PROPOSED = "unet", "rdiunet"
+DATASETS = ("nerve", "jsrt", "isic")  # the sources of the paper's Tables 1 and 2
 
 CLAIMS = {
     "accuracy": "RDIU-Net is more accurate than U-Net (Dice) on each dataset",

@@ -103,10 +103,13 @@ class Plan:
 
 
 def resolve_models(config: dict) -> dict[str, dict]:
+    """Each label's model: a registered name (`model`, default the label itself) or an import path
+    (`factory: "mypackage.nets:build"`), and its options."""
     models = {}
     for label, entry in config["models"].items():
         entry = dict(entry or {})
-        models[label] = {"model": entry.pop("model", label), **entry}
+        base = entry.pop("factory", None) or entry.pop("model", label)
+        models[label] = {"model": base, **entry}
     return models
 
 

@@ -676,11 +676,12 @@ def judge_speed(
 
 
 def judge_parameters(proposed_params: int, baseline_params: int, claimed: float) -> Judgement:
-    """Has `proposed` at least `claimed` (a fraction) fewer parameters? A count: no statistics."""
+    """Has `proposed` at least `claimed` (a fraction) fewer parameters, and fewer at all? A count:
+    no statistics."""
     fewer = 1 - proposed_params / baseline_params
     return Judgement(
         claim="parameters",
-        verdict=REPRODUCED if fewer >= claimed else CONTRADICTED,
+        verdict=REPRODUCED if fewer >= claimed and fewer > 0 else CONTRADICTED,
         reason=None,
         effect=fewer,
         low=fewer,

@@ -13,10 +13,11 @@ from conftest import REPO, run_cli
 from snakemake.utils import validate
 from snakemake_interface_common.exceptions import WorkflowError
 
+from rdiunet import paper
 from rdiunet.bench import count_parameters
 from rdiunet.data.prepare import prepare
 from rdiunet.models import build
-from rdiunet.readings import PROTOCOLS, WORKFLOW_KEYS, ConfigError, resolve
+from rdiunet.readings import PROTOCOLS, WORKFLOW_KEYS, ConfigError, resolve, resolve_models
 from rdiunet.report import paper_check
 from rdiunet.report.claims import evaluate_claims
 from rdiunet.report.collect import Collection, Study, mean_speeds
@@ -34,12 +35,13 @@ def paper_config() -> dict:
 # --- variants ------------------------------------------------------------------------------------------
 
 
-def test_the_paper_run_resolves_to_fifteen_readings_and_sixteen_runs_per_seed():
+def test_the_paper_run_resolves_to_sixteen_readings_and_nineteen_runs_per_seed():
     plan = resolve(paper_config(), WORKFLOW_KEYS)
     assert [r.name for r in plan.readings] == [
         "headline",
         "proposed = rdiunet_k3",
         "baseline = unet_classic",
+        "baseline = monai_unet",
         "nerve = nerve_by_image",
         "nerve = nerve_cv",
         # Readings the same runs answer:
@@ -54,7 +56,7 @@ def test_the_paper_run_resolves_to_fifteen_readings_and_sixteen_runs_per_seed():
         "protocol = best_batch",
         "protocol = end_to_end",
     ]
-    curve = plan.readings[6]
+    curve = plan.readings[7]
     assert (curve.curve, curve.checkpoint, curve.precision, curve.protocol) == (
         "val_soft_dice",
         "best_dice",
@@ -67,12 +69,15 @@ def test_the_paper_run_resolves_to_fifteen_readings_and_sixteen_runs_per_seed():
         "unet",
         ("nerve", "jsrt", "isic"),
     )
-    assert plan.readings[3].datasets == ("nerve_by_image", "jsrt", "isic")
-    assert plan.readings[3].stands_for["nerve_by_image"] == "nerve"
-    assert plan.readings[4].datasets == ("nerve_cv", "jsrt", "isic")
+    assert plan.readings[4].datasets == ("nerve_by_image", "jsrt", "isic")
+    assert plan.readings[4].stands_for["nerve_by_image"] == "nerve"
+    assert plan.readings[5].datasets == ("nerve_cv", "jsrt", "isic")
     assert plan.datasets["nerve_cv"]["folds"] == 5 and plan.datasets["nerve_cv"]["size"] == 128  # inherited
     # One factor at a time: no unet_classic on nerve_by_image, no rdiunet_k3 against unet_classic.
-    assert len(plan.pairs) == 16
+    assert len(plan.pairs) == 19
+    # The field's standard baseline: MONAI's U-Net, against the headline proposed model only.
+    assert plan.base("monai_unet") == "monai_unet"
+    assert [m for d, m in plan.pairs if m == "monai_unet"] == ["monai_unet"] * 3
     assert ("nerve_by_image", "unet_classic") not in plan.pairs
     assert plan.models_of("nerve_by_image") == plan.models_of("nerve_cv") == ["unet", "rdiunet"]
 
@@ -114,17 +119,29 @@ def test_readings_that_do_not_fit_together_name_the_key(edit, message):
 @pytest.mark.parametrize(
     "entry,message",
     [
-        ({"model": "vnet"}, "'vnet' is not one of"),
-        ({"model": "unet", "growth": 32}, "'growth' was unexpected"),
-        ({"model": "rdiunet", "involution_kernel": 2}, "should not be valid"),
-        ({"model": "unet", "norm": "group"}, "'group' is not one of"),
-        ({"convs_per_level": 2}, "'model' is a required property"),
+        ({"model": "vnet"}, "models.variant: unknown model 'vnet'; known models: "),
+        ({"model": "unet", "growth": 32}, "models.variant: invalid option for model 'unet'.*'growth'"),
+        ({"model": "rdiunet", "involution_kernel": 2}, "models.variant: invalid options .*odd"),
+        ({"model": "unet", "norm": "group"}, "models.variant: invalid options .*norm must be one of"),
+        ({"model": "unet", "widths": "wide"}, "models.variant: invalid option .*widths='wide'"),
+        ({"convs_per_level": 2}, "models.variant: unknown model 'variant'"),
+        ({"factory": "no_such_package:build"}, "models.variant: cannot import the model factory"),
     ],
 )
-def test_the_schema_refuses_a_variant_of_an_unknown_base_or_with_an_unknown_option(entry, message):
+def test_a_variant_of_an_unknown_model_or_with_a_wrong_option_is_one_line(entry, message):
+    from rdiunet.errors import UserError
+    from rdiunet.models import check_models
+
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["models"]["variant"] = entry
-    with pytest.raises(WorkflowError, match=message):
+    with pytest.raises(UserError, match=message):
+        check_models(resolve_models(config))
+
+
+def test_the_schema_refuses_a_model_and_a_factory_at_once():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["models"]["variant"] = {"model": "unet", "factory": "pkg.nets:build"}
+    with pytest.raises(WorkflowError):
         validate(config, SCHEMA)
 
 
@@ -193,7 +210,8 @@ def test_a_dataset_variant_prepares_the_same_archives_by_its_own_split(synthetic
 
 def handmade_study(seeds: int = 5) -> Study:
     config = {
-        "datasets": {"d1": {"threshold": 0.5}, "d2": {"threshold": 0.5}},
+        # The paper's sources: the paper's claims (20% faster, its Dice gains) apply.
+        "datasets": {"d1": {"source": "nerve", "threshold": 0.5}, "d2": {"source": "jsrt", "threshold": 0.5}},
         "models": {"unet": {}, "unet_classic": {"model": "unet", "norm": "none"}, "rdiunet": {}},
         "compare": {"proposed": ["rdiunet"], "baselines": ["unet", "unet_classic"]},
         "seeds": list(range(seeds)),
@@ -409,3 +427,36 @@ def growth_rows(root, config):
     from rdiunet.report.scaling import growth_table
 
     return growth_table(collected(root, config), Study.from_config(config)).to_dict("records")
+
+
+def test_a_study_of_other_data_speaks_of_its_own_models_and_data():
+    config = {
+        "datasets": {
+            "mine": {"source": "folder", "images": "x/*.png", "masks": "x/{name}", "threshold": 0.5}
+        },
+        "models": {"unet": {}, "rdiunet": {}},
+        "seeds": list(range(5)),
+    }
+    study = Study.from_config(config)
+    assert not study.is_papers_study
+    assert study.report_title == "rdiunet against unet on mine"
+    assert Study.from_config({**config, "title": "My study"}).report_title == "My study"
+    found = evaluate_claims(handmade_collection(study, {"unet": 0.80, "rdiunet": 0.85}), study)
+    said = {v.claim: v for v in found if v.primary}
+    assert said["accuracy"].statement == "rdiunet is more accurate than unet (Dice) on mine"
+    assert said["accuracy"].verdict == "reproduced" and said["accuracy"].judgement.claimed is None
+    # Not the paper's thresholds: faster and fewer at all. Equal speeds and sizes are neither.
+    assert said["speed"].judgement.claimed == 0 and said["speed"].verdict == "inconclusive"
+    assert said["parameters"].judgement.claimed == 0 and said["parameters"].verdict == "contradicted"
+    assert said["parameters"].statement == "rdiunet has fewer parameters than unet"
+    assert not any("RDIU-Net" in v.statement or "62%" in v.statement for v in found)
+    # The paper's own study keeps the paper's words.
+    paper_said = {
+        v.claim: v.statement
+        for v in evaluate_claims(
+            handmade_collection(handmade_study(), {"unet": 0.80, "unet_classic": 0.9, "rdiunet": 0.85}),
+            handmade_study(),
+        )
+        if v.primary
+    }
+    assert paper_said["parameters"] == paper.CLAIMS["parameters"]

@@ -1,5 +1,5 @@
-"""Archive members into arrays: images to grayscale, masks to binary labels, by explicit rules and
-within stated limits (docs/data.md, "Decoding rules and limits").
+"""Archive members (or plain files) into arrays: images to grayscale, masks to binary labels, by
+explicit rules and within stated limits (docs/data.md, "Decoding rules and limits").
 
 Limits, checked before the work they bound:
 - an image member may declare at most MAX_MEMBER_BYTES uncompressed (read from the zip header
@@ -44,11 +44,28 @@ def forget_archives() -> None:
     _open_archives.clear()
 
 
+def read_file(path: Path, limit: int) -> bytes:
+    """A plain file's bytes, refused before reading when it is larger than `limit`."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise UserError(
+                f"{path} is {size:,} bytes, more than the {limit:,} allowed for one image; "
+                "it is not an image of this dataset"
+            )
+        return path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror})") from None
+
+
 def open_image(member: Member) -> Image.Image:
     """The member's image with only its header parsed; pixels are decoded on first use."""
-    if member.archive not in _open_archives:
-        _open_archives[member.archive] = open_zip(member.archive)
-    payload = read_member(_open_archives[member.archive], member.name, MAX_MEMBER_BYTES)
+    if member.archive is None:
+        payload = read_file(Path(member.name), MAX_MEMBER_BYTES)
+    else:
+        if member.archive not in _open_archives:
+            _open_archives[member.archive] = open_zip(member.archive)
+        payload = read_member(_open_archives[member.archive], member.name, MAX_MEMBER_BYTES)
     try:
         image = Image.open(io.BytesIO(payload))
     except Exception as error:  # Pillow raises many types on hostile input, bomb errors included

@@ -4,7 +4,8 @@
                                   split int8 (0 train, 1 val, 2 test); with --folds k also
                                   fold int8 (0..k-1), from which each seed's split is derived
     data/prepared/{dataset}.json  counts per split, image size, whether the data is synthetic, the
-                                  sha256 of every raw archive and of the .npz itself
+                                  sha256 of every raw archive (of every file, for a folder dataset)
+                                  and of the .npz itself
 
 Images are read straight from the zips, converted to grayscale and resized with area averaging;
 masks are binarised and resized with nearest neighbour (rules and limits in decode.py). Large
@@ -22,6 +23,7 @@ import math
 import multiprocessing
 import os
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from rdiunet.fileio import atomic_paths, exclusive_lock, remove_leftovers, sha25
 
 from . import sources
 from .decode import forget_archives, load_pair
+from .folder import FOLDER, FolderSpec, folder_pairs, folder_provenance
 from .folds import assign_folds, fold_split
 from .source import Pair
 from .synthetic import MARKER
@@ -167,6 +170,7 @@ def prepare(
     workers: int | None = None,
     split_by: str = "subject",
     folds: int | None = None,
+    folder: FolderSpec | None = None,
 ) -> dict:
     """Write `out` (.npz) and its .json summary; return the summary.
 
@@ -176,9 +180,20 @@ def prepare(
 
     `folds` k: subject-wise k-fold cross-validation. Every image (an official test set included:
     cross-validation tests every subject) gets a fold; each training seed s then tests on fold
-    s mod k and validates on fold (s + 1) mod k (fold_split). The stored `split` is seed 0's."""
-    source = sources.get(dataset)
-    size = source.size if size is None else size
+    s mod k and validates on fold (s + 1) mod k (fold_split). The stored `split` is seed 0's.
+
+    `dataset` "folder" with `folder`: a researcher's own files (rdiunet/data/folder.py), read
+    where they are; `raw` is not used, `size` must be given and empty masks are kept by default."""
+    if dataset == FOLDER:
+        if folder is None:
+            raise UserError("a folder dataset needs --images and --masks (docs/custom.md)")
+        if size is None:
+            raise UserError("a folder dataset needs --size (the side its images are resized to)")
+        default_keep_empty = True
+    else:
+        source = sources.get(dataset)
+        size = source.size if size is None else size
+        default_keep_empty = source.keep_empty
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     check_options(size, workers, seed)
     if folds is not None and (not isinstance(folds, int) or folds < 3):
@@ -188,18 +203,27 @@ def prepare(
         )
     if split_by not in SPLIT_BY:
         raise UserError(f"--split-by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
-    if not raw.is_dir():
+    if dataset != FOLDER and not raw.is_dir():
         raise UserError(f"raw data folder {raw} does not exist; run rdiunet download or rdiunet synth first")
-    keep_empty = source.keep_empty if keep_empty is None else keep_empty
+    keep_empty = default_keep_empty if keep_empty is None else keep_empty
     summary_path, staging = out.with_suffix(".json"), out.parent / f".{out.name}.staging"
     busy = f"another rdiunet prepare is writing {out}; wait for it to finish"
     with exclusive_lock(out.parent / f".{out.name}.lock", busy):
         remove_leftovers(out, staging)
         remove_leftovers(summary_path)
-        archives = source.archives(raw)
-        raw_entries = [{"name": a.name, "bytes": a.stat().st_size, "sha256": sha256_of(a)} for a in archives]
+        files = None
+        if dataset == FOLDER:
+            pairs = folder_pairs(folder)
+            files, whole = folder_provenance(folder, pairs)
+            raw_entries = [whole]
+        else:
+            archives = source.archives(raw)
+            raw_entries = [
+                {"name": a.name, "bytes": a.stat().st_size, "sha256": sha256_of(a)} for a in archives
+            ]
         try:
-            pairs = source.pairs(raw, staging)
+            if dataset != FOLDER:
+                pairs = source.pairs(raw, staging)
             check_unique_ids(pairs)
             images, masks = decode_all(pairs, size, workers)
         finally:
@@ -219,7 +243,7 @@ def prepare(
             split = fold_split(fold, folds, 0)
         else:
             split = assign_splits(units, [p.official for p in pairs], fractions, seed)
-        marker = synthetic_marker(raw)
+        marker = None if dataset == FOLDER else synthetic_marker(raw)
         summary = {
             "dataset": dataset,
             "synthetic": marker is not None,
@@ -241,6 +265,7 @@ def prepare(
             },
             "folds": fold_summary(fold, folds, units, split_by) if fold is not None else None,
             "raw": raw_entries,
+            **({"folder": asdict(folder), "files": files} if files is not None else {}),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "rdiunet_version": __version__,
         }

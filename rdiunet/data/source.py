@@ -1,6 +1,7 @@
 """What a dataset source is: where its data comes from, how its archives are laid out, the
 paper's image size, and how a synthetic stand-in is written. Each module in rdiunet/data/sources/
-declares one `Source`; `Pair`s of archive `Member`s are what it hands to `prepare`."""
+declares one `Source`; `Pair`s of archive `Member`s are what it hands to `prepare` (a folder
+dataset, rdiunet/data/folder.py, hands over plain files the same way)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,13 +12,13 @@ from rdiunet.errors import UserError
 
 @dataclass(frozen=True)
 class Member:
-    """A file inside a zip archive."""
+    """A file inside a zip archive, or (`archive` None) a plain file at the path `name`."""
 
-    archive: Path
+    archive: Path | None
     name: str
 
     def __str__(self) -> str:
-        return f"{self.archive.name}:{self.name}"
+        return self.name if self.archive is None else f"{self.archive.name}:{self.name}"
 
 
 @dataclass(frozen=True)

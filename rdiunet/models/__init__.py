@@ -1,7 +1,13 @@
-"""Segmentation models, looked up by name: `build("unet")`, `build("rdiunet", growth=64)`."""
+"""Segmentation models, looked up by name: `build("unet")`, `build("rdiunet", growth=64)`,
+`build("mypackage.nets:build")`. Every module of this folder is imported, and its `@register`
+builders with it: a new model is one file here (rdiunet/models/registry.py)."""
 
-# Importing the model modules registers them.
-from . import rdiunet, unet  # noqa: F401
-from .registry import build, check_fits, names
+import importlib
+import pkgutil
 
-__all__ = ["build", "check_fits", "names"]
+from .registry import build, check_fits, check_model, check_models, missing_packages, names
+
+for module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{module.name}")
+
+__all__ = ["build", "check_fits", "check_model", "check_models", "missing_packages", "names"]

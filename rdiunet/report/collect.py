@@ -39,6 +39,7 @@ class Study:
     margins: dict = field(default_factory=lambda: dict(MARGINS))
     config: dict = field(default_factory=dict)  # the configuration the runs must have been trained by
     failed_runs: str = "keep"  # collapsed and diverged runs: keep them flagged, or leave them out
+    title: str | None = None  # the report's title (config `title:`), else one made from the study
 
     @classmethod
     def from_config(cls, config: dict) -> "Study":
@@ -51,6 +52,7 @@ class Study:
                 margins={**MARGINS, **(config.get("margins") or {})},
                 config=config,
                 failed_runs=config.get("failed_runs", "keep"),
+                title=config.get("title"),
             )
         except ConfigError as error:
             raise UserError(f"the configuration does not fit together: {error}") from None
@@ -58,6 +60,32 @@ class Study:
             raise UserError(
                 f"the configuration lacks or mistypes {error}; pass the workflow's config"
             ) from None
+
+    def is_papers_pair(self, proposed: str, baseline: str) -> bool:
+        return (self.plan.base(proposed), self.plan.base(baseline)) == (paper.PROPOSED, paper.BASELINE)
+
+    def is_papers_claim(self, proposed: str, baseline: str, dataset: str | None = None) -> bool:
+        """Whether the paper's own claim (its numbers, thresholds and hardware) applies: the paper's
+        models compared on one of the paper's datasets (`dataset` None, for a claim about the
+        models alone: on any dataset of the study)."""
+        datasets = self.plan.headline.datasets if dataset is None else (dataset,)
+        return self.is_papers_pair(proposed, baseline) and any(
+            self.plan.source(d) in paper.DATASETS for d in datasets
+        )
+
+    @property
+    def is_papers_study(self) -> bool:
+        """The headline compares the paper's models on at least one of the paper's datasets."""
+        return self.is_papers_claim(self.plan.headline.proposed, self.plan.headline.baseline)
+
+    @property
+    def report_title(self) -> str:
+        if self.title:
+            return self.title
+        if self.is_papers_study:
+            return "RDIU-Net: Lightweight Medical Image Segmentation Network — reproduction report"
+        headline = self.plan.headline
+        return f"{headline.proposed} against {headline.baseline} on {', '.join(headline.datasets)}"
 
     @property
     def datasets(self) -> list[str]:

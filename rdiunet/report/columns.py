@@ -8,7 +8,7 @@ TABLE2 (docs/report.md, "Adding a column").
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 Format = Callable[[Mapping, str], str]  # (row, field) -> the cell's text
 
@@ -131,6 +131,11 @@ TABLE2 = (
         Paper("convergence", fixed(0), delta=plus_minus(0)),
     ),
 )
+
+
+def without_paper(columns) -> tuple:
+    """The columns without the paper's values beside them: a study of other models or data."""
+    return tuple(replace(column, paper=None) for column in columns)
 
 
 def header(columns) -> list[dict]:

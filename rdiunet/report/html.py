@@ -11,6 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from rdiunet import paper
 from rdiunet.data import sources
+from rdiunet.data.folder import FOLDER
 from rdiunet.fileio import atomic_path, read_json
 from rdiunet.provenance import now
 from rdiunet.readings import CHECKPOINTS, CURVES, PRECISION_READINGS, PRECISIONS, PROTOCOLS
@@ -23,7 +24,7 @@ from .columns import TABLE1, TABLE2, rendered
 from .figure_kinds import FIGURE_KINDS
 from .robustness import claim_columns, matrix, robustness_frame, summary
 from .scaling import growth_table
-from .tables import table1, table2
+from .tables import shown_columns, table1, table2
 
 
 def data_uri(path: Path) -> str:
@@ -95,8 +96,9 @@ def provenance(results: Path, data: Path, collection: Collection, study: Study) 
 
 
 def data_terms(study: Study) -> list[dict]:
-    """Source, licence and terms of every dataset source the report's runs use."""
-    used = sorted({study.plan.source(dataset) for dataset in study.datasets})
+    """Source, licence and terms of every dataset source the report's runs use (a folder
+    dataset is the researcher's own: its terms are theirs to state)."""
+    used = sorted({study.plan.source(dataset) for dataset in study.datasets} - {FOLDER})
     return [{"name": name, **asdict(sources.get(name).terms)} for name in used]
 
 
@@ -145,8 +147,10 @@ def report_command(results: Path, data: Path, figures: Path, timing: Path, confi
             "protocol": PROTOCOLS,
         },
         "rules": RULES,
-        "table1": rendered(TABLE1, table1(collection, study).to_dict("records")),
-        "table2": rendered(TABLE2, table2(collection, study).to_dict("records")),
+        "table1": rendered(shown_columns(TABLE1, study), table1(collection, study).to_dict("records")),
+        "table2": rendered(shown_columns(TABLE2, study), table2(collection, study).to_dict("records")),
+        "title": study.report_title,
+        "papers_study": study.is_papers_study,
         "figures": figures_by_dataset(figures, study),
         "config_yaml": json.dumps(config, indent=2),
         "provenance": provenance(results, data, collection, study),

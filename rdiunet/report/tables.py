@@ -18,7 +18,7 @@ from rdiunet.verdicts import km_median
 from . import paper_check
 from .claims import accuracy
 from .collect import BENCH_COLUMNS, SHARED_ENERGY, Collection, Study, collect, curve_table
-from .columns import TABLE1, TABLE2, fields, missing, rendered
+from .columns import TABLE1, TABLE2, fields, missing, rendered, without_paper
 from .findings import flagged_in
 
 # Per-run quantities Table 1 averages over seeds: every test metric, and training energy.
@@ -73,9 +73,10 @@ def table1(collection: Collection, study: Study) -> pd.DataFrame:
             row["vs_baseline"] = against_baseline(collection, study, dataset, model)
             flagged = flagged_in(collection.findings, dataset, (model,))
             row["flagged"] = "; ".join(f"seed {seed} {finding}" for _, seed, finding in flagged) or "–"
-            source, base = study.plan.source(dataset), study.plan.base(model)
-            add_paper(row, TABLE1, paper.table1(source, base))
-            row["paper_consistent"] = paper_check.consistent(source, base)
+            if study.is_papers_study:  # the paper's numbers only beside a study of its models and data
+                source, base = study.plan.source(dataset), study.plan.base(model)
+                add_paper(row, TABLE1, paper.table1(source, base))
+                row["paper_consistent"] = paper_check.consistent(source, base)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -155,9 +156,16 @@ def table2(collection: Collection, study: Study) -> pd.DataFrame:
                 np.where(reached, group.convergence.fillna(0).to_numpy(float), epochs), reached
             )
             row["convergence"] = median if math.isfinite(median) else math.nan
-            add_paper(row, TABLE2, paper.table2(study.plan.source(dataset), study.plan.base(model)))
+            if study.is_papers_study:
+                add_paper(row, TABLE2, paper.table2(study.plan.source(dataset), study.plan.base(model)))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def shown_columns(columns, study: Study) -> tuple:
+    """A table's columns, the paper's values beside them only in a study of the paper's models on
+    its datasets."""
+    return columns if study.is_papers_study else without_paper(columns)
 
 
 def markdown(frame: pd.DataFrame, columns) -> str:
@@ -207,8 +215,8 @@ def write_tables(collection: Collection, study: Study, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, frame, columns in (
-        ("table1", table1(collection, study), TABLE1),
-        ("table2", table2(collection, study), TABLE2),
+        ("table1", table1(collection, study), shown_columns(TABLE1, study)),
+        ("table2", table2(collection, study), shown_columns(TABLE2, study)),
     ):
         with atomic_path(out / f"{name}.csv") as tmp:
             csv_frame(frame, columns).to_csv(tmp, index=False)

@@ -12,6 +12,7 @@ from snakemake.logging import logger
 sys.path.insert(0, workflow.basedir)
 
 from rdiunet.configuration import check_config
+from rdiunet.data.folder import FOLDER
 from rdiunet.errors import UserError
 from rdiunet.nvidia_smi import local_gpu_count
 from rdiunet.readings import WORKFLOW_KEYS, ConfigError, resolve
@@ -28,6 +29,23 @@ try:
 except ConfigError as error:
     sys.exit(f"Error in the configuration: {error}")
 
+# Each model's name and options against its builder's signature, and that it builds (a model whose
+# optional package is missing is said so by the jobs that need it).
+from rdiunet.models import check_models, missing_packages
+from rdiunet.models.registry import install_hint
+
+try:
+    check_models(PLAN.models)
+except UserError as error:
+    sys.exit(f"Error in the configuration: {error}")
+for label in dict.fromkeys(model for _, model in PLAN.pairs):
+    if missing_packages(PLAN.base(label)):
+        needs = missing_packages(PLAN.base(label))
+        logger.warning(
+            f"models.{label} needs {', '.join(needs)}, which this Python lacks: {install_hint(needs)} "
+            "(with --use-conda, envs/train.yaml has it); its jobs stop without it"
+        )
+
 
 # Absolute, relative to the Snakefile's folder: remote (Slurm) jobs start inside the working
 # directory already, and a relative path would be applied a second time there.
@@ -38,7 +56,13 @@ workdir: os.path.join(workflow.basedir, config["workdir"])
 # datasets whose archives are fetched once and prepared by every label that uses them.
 DATASETS = PLAN.datasets_trained()
 MODELS = list(PLAN.models)
-SOURCES = sorted({PLAN.source(dataset) for dataset in DATASETS})
+# A folder dataset (source: folder) is read where its files are: nothing to fetch, and its paths
+# are made absolute here, relative to where snakemake was started, before `workdir:` moves on.
+SOURCES = sorted({PLAN.source(dataset) for dataset in DATASETS} - {FOLDER})
+for settings in PLAN.datasets.values():
+    if settings["source"] == FOLDER:
+        for key in ("images", "masks"):
+            settings[key] = os.path.abspath(os.path.expanduser(settings[key]))
 SEEDS = [int(seed) for seed in config["seeds"]]
 
 # Every rule calls the package's CLI as `python -m rdiunet.cli`. PYTHONPATH makes the checkout
@@ -105,7 +129,19 @@ def source_of(wildcards):
 
 
 def raw_manifest(wildcards):
+    if source_of(wildcards) == FOLDER:
+        return []
     return f"data/raw/{source_of(wildcards)}/manifest.json"
+
+
+def data_arguments(wildcards):
+    """Where `rdiunet prepare` reads: a source's raw folder, or a folder dataset's own files."""
+    source, settings = source_of(wildcards), dataset_config(wildcards)
+    if source != FOLDER:
+        return f"--dataset {source} --raw data/raw/{source}"
+    arguments = ["--dataset folder"]
+    arguments += [f"--{key} {shlex.quote(settings[key])}" for key in ("images", "masks", "subject") if key in settings]
+    return " ".join(arguments)
 
 
 def base_model(wildcards):
@@ -181,6 +217,16 @@ def bench_flags(wildcards):
     flags += [f"--batch-sizes {option_value(bench['batch_sizes'])}"] if "batch_sizes" in bench else []
     flags += ["--channels-last"] if bench["channels_last"] else []
     return " ".join(flags)
+
+
+# The resolved configuration (defaults filled in by the schema) is what the report describes.
+CONFIG_JSON = shlex.quote(json.dumps(config))
+
+
+def config_json(wildcards):
+    """A function, not a string: Snakemake would format the braces of a string parameter, and
+    the configuration may hold some (a folder dataset's masks pattern, "masks/{name}")."""
+    return CONFIG_JSON
 
 
 def speed_models(wildcards):

@@ -35,7 +35,8 @@ else:
             "{params.flags} > {log} 2>&1"
 
 
-# A label prepares its source's archives (a variant reuses them: one download) by its own settings.
+# A label prepares its source's archives (a variant reuses them: one download) by its own settings;
+# a folder dataset prepares its own files where they are.
 rule prepare:
     input:
         manifest=raw_manifest,
@@ -50,9 +51,9 @@ rule prepare:
         "../../envs/data.yaml"
     threads: 4
     params:
-        source=source_of,
+        data=data_arguments,
         size=lambda wildcards: dataset_config(wildcards)["size"],
         flags=prepare_flags,
     shell:
-        "python -m rdiunet.cli prepare --dataset {params.source} --raw data/raw/{params.source} "
+        "python -m rdiunet.cli prepare {params.data} "
         "--out {output.data} --size {params.size} --workers {threads} {params.flags} > {log} 2>&1"

@@ -3,8 +3,6 @@
 
 from rdiunet.report.figure_kinds import FIGURE_KINDS
 
-# The resolved configuration (defaults filled in by the schema) is what the report describes.
-CONFIG_JSON = shlex.quote(json.dumps(config))
 TABLES = expand("reports/{table}.{ext}", table=["table1", "table2"], ext=["csv", "md"])
 
 REPORT_TARGETS = TABLES + ["reports/paper_check.csv", "reports/report.html", "reports/robustness.csv"]
@@ -34,7 +32,7 @@ rule tables:
     conda:
         "../../envs/report.yaml"
     params:
-        config=CONFIG_JSON,
+        config=config_json,
     shell:
         "python -m rdiunet.cli tables --results results --data data/prepared --config-json {params.config} "
         "--out reports > {log} 2>&1"
@@ -56,7 +54,7 @@ rule figures:
     conda:
         "../../envs/report.yaml"
     params:
-        config=CONFIG_JSON,
+        config=config_json,
     shell:
         "python -m rdiunet.cli figures --results results --data data/prepared --config-json {params.config} "
         "--out reports/figures > {log} 2>&1"
@@ -77,7 +75,7 @@ rule report:
     conda:
         "../../envs/report.yaml"
     params:
-        config=CONFIG_JSON,
+        config=config_json,
     shell:
         "python -m rdiunet.cli report --results results --data data/prepared --figures reports/figures "
         "--timing logs/timing --config-json {params.config} --out {output.html} > {log} 2>&1"
