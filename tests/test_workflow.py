@@ -169,6 +169,37 @@ def test_invalid_config_stops_snakemake_before_any_job(tmp_path):
     assert "Job stats" not in message and "properties" not in message  # one line, no schema dump
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "edit,line",
+    [
+        (
+            lambda c: c["models"]["unet"].update(widths="wide"),
+            "Error in the configuration: models.unet: invalid option for model 'unet': widths='wide'",
+        ),
+        (  # eight poolings take jsrt's 256 px but not nerve's and isic's 128
+            lambda c: c["models"]["unet"].update(widths=[2, 4, 8, 16, 32, 64, 128, 256, 512]),
+            "Error in the configuration: models.unet: model 'unet' {'widths': [2, 4, 8, 16, 32, 64, 128, "
+            "256, 512]} cannot take 128x128 images",
+        ),
+        (
+            lambda c: c["models"].update(mine={"factory": "no_such_package.nets:build"}),
+            "Error in the configuration: models.mine: cannot import the model factory",
+        ),
+    ],
+)
+def test_a_bad_model_stops_snakemake_in_one_line_before_any_job(tmp_path, edit, line):
+    folder = copy_workflow(tmp_path)
+    config = paper_config()
+    edit(config)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(folder, "-n")
+    assert result.returncode != 0
+    lines = [text for text in (result.stdout + result.stderr).splitlines() if "Error" in text]
+    assert len(lines) == 1 and lines[0].startswith(line), lines
+    assert "Job stats" not in result.stdout + result.stderr
+
+
 def test_config_errors_are_one_line_with_the_key_path(tmp_path):
     from rdiunet.configuration import check_config
     from rdiunet.errors import UserError

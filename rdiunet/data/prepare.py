@@ -159,6 +159,22 @@ def check_options(size: int, workers: int, seed: int) -> None:
         raise UserError(f"--seed must be 0 or more, got {seed}")
 
 
+def raw_pairs(
+    dataset: str, raw: Path, staging: Path, folder: FolderSpec | None
+) -> tuple[list[Pair], list[dict], dict]:
+    """The image/mask pairs, the checksums of what they are read from (each archive hashed before
+    it is read; for a folder dataset one digest over its files) and, for a folder dataset, its
+    patterns and file list for the summary."""
+    if dataset == FOLDER:
+        pairs = folder_pairs(folder)
+        files, whole = folder_provenance(folder, pairs)
+        return pairs, [whole], {"folder": asdict(folder), "files": files}
+    source = sources.get(dataset)
+    archives = source.archives(raw)
+    entries = [{"name": a.name, "bytes": a.stat().st_size, "sha256": sha256_of(a)} for a in archives]
+    return source.pairs(raw, staging), entries, {}
+
+
 def prepare(
     dataset: str,
     raw: Path,
@@ -211,19 +227,8 @@ def prepare(
     with exclusive_lock(out.parent / f".{out.name}.lock", busy):
         remove_leftovers(out, staging)
         remove_leftovers(summary_path)
-        files = None
-        if dataset == FOLDER:
-            pairs = folder_pairs(folder)
-            files, whole = folder_provenance(folder, pairs)
-            raw_entries = [whole]
-        else:
-            archives = source.archives(raw)
-            raw_entries = [
-                {"name": a.name, "bytes": a.stat().st_size, "sha256": sha256_of(a)} for a in archives
-            ]
         try:
-            if dataset != FOLDER:
-                pairs = source.pairs(raw, staging)
+            pairs, raw_entries, read_from = raw_pairs(dataset, raw, staging, folder)
             check_unique_ids(pairs)
             images, masks = decode_all(pairs, size, workers)
         finally:
@@ -265,7 +270,7 @@ def prepare(
             },
             "folds": fold_summary(fold, folds, units, split_by) if fold is not None else None,
             "raw": raw_entries,
-            **({"folder": asdict(folder), "files": files} if files is not None else {}),
+            **read_from,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "rdiunet_version": __version__,
         }

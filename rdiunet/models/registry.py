@@ -150,13 +150,16 @@ def check_model(name: str, options: dict, size: int | None = None) -> None:
         check_fits(name, size, options)
 
 
-def check_models(models: dict[str, dict], size_of=None) -> None:
+def check_models(models: dict[str, dict], sizes: dict[str, set[int]] | None = None) -> None:
     """Every label of a study's `models` ({label: {"model": name, **options}}, as
-    rdiunet.readings.resolve_models gives them): one error line naming the first bad label."""
+    rdiunet.readings.resolve_models gives them), at each image side in `sizes[label]` (the sides
+    of the datasets it is trained on): one error line naming the first bad label."""
     for label, entry in models.items():
         options = {key: value for key, value in entry.items() if key != "model"}
+        trained_at = sorted((sizes or {}).get(label, ())) or [None]  # None: built, not run
         try:
-            check_model(entry["model"], options, size_of(label) if size_of else None)
+            for size in trained_at:
+                check_model(entry["model"], options, size)
         except UserError as error:
             raise UserError(f"models.{label}: {error}") from None
 

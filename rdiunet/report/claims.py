@@ -128,22 +128,18 @@ def statement(study: Study, claim: str, proposed: str, baseline: str, dataset: s
     }[claim]
 
 
-def is_papers_pair(study: Study, proposed: str, baseline: str) -> bool:
-    return study.is_papers_pair(proposed, baseline)
-
-
 def paper_gain(study: Study, dataset: str, proposed: str, baseline: str) -> float | None:
     """The Dice gain the paper reports for this dataset's source, for the paper's own pair."""
-    source = study.plan.source(dataset)
-    if not is_papers_pair(study, proposed, baseline) or (source, paper.PROPOSED) not in paper.TABLE1:
+    if not study.is_papers_claim(proposed, baseline, dataset):
         return None
+    source = study.plan.source(dataset)
     return paper.TABLE1[(source, paper.PROPOSED)]["dice"] - paper.TABLE1[(source, paper.BASELINE)]["dice"]
 
 
 def paper_convergence_ratio(study: Study, dataset: str, proposed: str, baseline: str) -> float | None:
-    source = study.plan.source(dataset)
-    if not is_papers_pair(study, proposed, baseline) or (source, paper.PROPOSED) not in paper.TABLE2:
+    if not study.is_papers_claim(proposed, baseline, dataset):
         return None
+    source = study.plan.source(dataset)
     return (
         paper.TABLE2[(source, paper.BASELINE)]["convergence"]
         / paper.TABLE2[(source, paper.PROPOSED)]["convergence"]

@@ -29,18 +29,21 @@ try:
 except ConfigError as error:
     sys.exit(f"Error in the configuration: {error}")
 
-# Each model's name and options against its builder's signature, and that it builds (a model whose
-# optional package is missing is said so by the jobs that need it).
+# Each model's name and options against its builder's signature, and that it builds and takes the
+# image sides of the datasets it is trained on (a model whose optional package is missing is said
+# so here, and by the jobs that need it).
 from rdiunet.models import check_models, missing_packages
 from rdiunet.models.registry import install_hint
 
 try:
-    check_models(PLAN.models)
+    check_models(
+        PLAN.models,
+        {label: {PLAN.datasets[d]["size"] for d, m in PLAN.pairs if m == label} for label in PLAN.models},
+    )
 except UserError as error:
     sys.exit(f"Error in the configuration: {error}")
 for label in dict.fromkeys(model for _, model in PLAN.pairs):
-    if missing_packages(PLAN.base(label)):
-        needs = missing_packages(PLAN.base(label))
+    if needs := missing_packages(PLAN.base(label)):
         logger.warning(
             f"models.{label} needs {', '.join(needs)}, which this Python lacks: {install_hint(needs)} "
             "(with --use-conda, envs/train.yaml has it); its jobs stop without it"
@@ -140,7 +143,9 @@ def data_arguments(wildcards):
     if source != FOLDER:
         return f"--dataset {source} --raw data/raw/{source}"
     arguments = ["--dataset folder"]
-    arguments += [f"--{key} {shlex.quote(settings[key])}" for key in ("images", "masks", "subject") if key in settings]
+    for key in ("images", "masks", "subject"):
+        if key in settings:
+            arguments.append(f"--{key} {shlex.quote(settings[key])}")
     return " ".join(arguments)
 
 
