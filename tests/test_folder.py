@@ -102,11 +102,8 @@ def test_masks_beside_their_images_are_not_taken_for_images(tmp_path):
 )
 def test_a_folder_that_cannot_work_is_one_line_and_writes_nothing(tmp_path, change, message):
     root = write_pairs(tmp_path / "data", subjects=2, frames=2)
-    change = {
-        k: str(root / v) if k in ("images", "masks") and "/" in v or k == "masks" else v
-        for k, v in change.items()
-    }
-    arguments = spec(root, **change)
+    paths = {key: str(root / value) if key in ("images", "masks") else value for key, value in change.items()}
+    arguments = spec(root, **paths)
     result = run_cli(
         "prepare", "--dataset", "folder", "--images", arguments.images, "--masks", arguments.masks,
         *(["--subject", arguments.subject] if arguments.subject else []),

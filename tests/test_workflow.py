@@ -290,6 +290,13 @@ def test_margin_defaults_are_the_verdict_engines():
     assert {claim: spec["default"] for claim, spec in margins.items()} == MARGINS
 
 
+def test_failed_runs_policies_are_the_reports():
+    from rdiunet.report.findings import POLICIES
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["failed_runs"]
+    assert tuple(schema["enum"]) == POLICIES and schema["default"] == POLICIES[0]
+
+
 def test_stability_drop_default_is_the_papers():
     assert (
         yaml.safe_load(SCHEMA.read_text())["properties"]["stability_drop"]["default"] == paper.STABILITY_DROP
